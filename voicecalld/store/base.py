@@ -15,13 +15,13 @@ Contract every implementation keeps:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Protocol
 
 from voicecalld.calls.model import Call, NewEvent, StoredEvent
 
-__all__ = ["CallPage", "Store", "StoreError"]
+__all__ = ["CallPage", "DuplicateWebhookKey", "RejectedWrite", "Store", "StoreError"]
 
 
 class StoreError(Exception):
@@ -29,11 +29,27 @@ class StoreError(Exception):
     at run time it fails the runtime, which the supervisor restarts."""
 
 
+class RejectedWrite(StoreError):
+    """A write broke a constraint (an event for a call never stored, a carrier call id already
+    taken by another call): none of it was stored. The store itself is fine."""
+
+
+class DuplicateWebhookKey(RejectedWrite):
+    """The write's webhook key is already recorded: the webhook is a replay; nothing was stored.
+
+    The manager's in-memory replay filter is bounded, the store's record is not: a replay the
+    filter has forgotten surfaces here, and is answered like any replay."""
+
+
 CallPage = tuple[list[Call], str | None]
 """A page of calls and the cursor of the next page (``None`` on the last page)."""
 
 
 class Store(Protocol):
+    on_commit: Callable[[Sequence[StoredEvent]], None] | None
+    """Called once per transaction with its events in id order, before any of its writers
+    resumes: the one place live subscribers can be fed in commit order."""
+
     async def write(
         self,
         calls: Sequence[Call],
@@ -54,6 +70,10 @@ class Store(Protocol):
 
     async def open_calls(self) -> list[Call]:
         """Every call not yet ended: what reconciliation starts from."""
+        ...
+
+    async def calls_owing_hangup(self) -> list[Call]:
+        """Ended calls whose carrier hang-up is still owed (``metadata.hangup_owed`` true)."""
         ...
 
     async def list_calls(self, *, active: bool | None, limit: int, cursor: str | None) -> CallPage:
