@@ -26,6 +26,8 @@ import cattrs
 from cattrs.errors import ForbiddenExtraKeysError
 from cattrs.gen import make_dict_structure_fn, override
 
+from voicecalld.carriers.telnyx.wire import load_public_key
+
 __all__ = [
     "CONFIG_ENV",
     "ApiConfig",
@@ -73,7 +75,7 @@ class ConfigError(Exception):
 # the message names the exact key and the rule lives beside the default it constrains.
 
 _CHECK: Final = "voicecalld.check"
-_SECRET: Final = "voicecalld.secret"
+_SECRET: Final = "voicecalld.secret"  # noqa: S105 - a metadata key, not a secret
 T = TypeVar("T")
 
 
@@ -161,6 +163,16 @@ def _http_url(value: str) -> str | None:
         return "expected an http:// or https:// URL"
     if parts.query or parts.fragment:
         return "expected a URL without query or fragment"
+    if parts.username is not None or parts.password is not None:
+        return "expected a URL without user:password@ (credentials have keys of their own)"
+    return None
+
+
+def _ed25519_key(value: str) -> str | None:
+    try:
+        load_public_key(value)
+    except ValueError as error:
+        return f"not a usable Ed25519 public key ({error})"
     return None
 
 
@@ -286,7 +298,7 @@ class PlivoConfig:
 class TelnyxConfig:
     enabled: bool = _boolean(False)
     api_key: str = _string(secret=True)
-    public_key: str = _string()
+    public_key: str = _string(check=_ed25519_key)
     connection_id: str = _string()
     api_base_url: str = _string("https://api.telnyx.com", check=_http_url)
     from_number: str = _string(check=_e164)
@@ -301,7 +313,9 @@ class ProvidersConfig:
 
     def enabled(self) -> list[str]:
         """Names of the enabled carriers, in a stable order."""
-        return [name for name in ("mock", "twilio", "plivo", "telnyx") if getattr(self, name).enabled]
+        return [
+            name for name in ("mock", "twilio", "plivo", "telnyx") if getattr(self, name).enabled
+        ]
 
 
 @attrs.frozen
@@ -351,16 +365,27 @@ _REQUIRED_WHEN_ENABLED: Final[dict[str, tuple[str, ...]]] = {
 # -- the converter ---------------------------------------------------------------------------
 
 
+def _field_hook(check: Callable[[object], object]) -> Callable[[object, type[Any]], object]:
+    """A cattrs structure hook running a field's own check (and nothing else: no coercion)."""
+
+    def hook(value: object, _target: type[Any]) -> object:
+        return check(value)
+
+    return hook
+
+
 def _make_converter() -> cattrs.Converter:
     converter = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
 
     def section_hook(cls: type[Any]) -> Callable[[Any, type[Any]], Any]:
-        overrides = {}
+        overrides: dict[str, Any] = {}
         for field in attrs.fields(cls):
-            check = field.metadata.get(_CHECK)
+            check: Callable[[object], object] | None = field.metadata.get(_CHECK)
             if check is not None:
-                overrides[field.name] = override(struct_hook=lambda v, _t, c=check: c(v))
-        structure = make_dict_structure_fn(cls, converter, _cattrs_forbid_extra_keys=True, **overrides)
+                overrides[field.name] = override(struct_hook=_field_hook(check))
+        structure = make_dict_structure_fn(
+            cls, converter, _cattrs_forbid_extra_keys=True, **overrides
+        )
 
         def hook(value: Any, target: type[Any]) -> Any:
             if not isinstance(value, Mapping):
@@ -387,13 +412,15 @@ def _problems(error: BaseException) -> list[str]:
             return str(exc)
         return f"invalid value ({exc})"
 
-    problems = []
+    problems: list[str] = []
     for line in cattrs.transform_error(error, path="", format_exception=format_exception):
         message, _, where = line.rpartition(" @ ")
         where = where.lstrip(".")
         if message.startswith(unknown):
             prefix = f"{where}." if where else ""
-            problems.extend(f"{prefix}{key}: unknown key" for key in message[len(unknown) :].split(","))
+            problems.extend(
+                f"{prefix}{key}: unknown key" for key in message[len(unknown) :].split(",")
+            )
         else:
             problems.append(f"{where or '<top>'}: {message}")
     return sorted(set(problems))
@@ -427,8 +454,11 @@ def parse(
     return config
 
 
-def load(path: str | os.PathLike[str] | None = None, *, environ: Mapping[str, str] | None = None) -> Config:
-    """Load the config the commands of SPEC §1 use: ``path``, else ``$VOICECALLD_CONFIG``, else defaults."""
+def load(
+    path: str | os.PathLike[str] | None = None, *, environ: Mapping[str, str] | None = None
+) -> Config:
+    """The config the commands of SPEC §1 use: ``path``, else ``$VOICECALLD_CONFIG``, else the
+    built-in defaults."""
     env = os.environ if environ is None else environ
     chosen = path if path is not None else env.get(CONFIG_ENV) or None
     if chosen is None:
@@ -482,12 +512,12 @@ def _with_overrides(document: dict[str, Any], env: Mapping[str, str]) -> dict[st
 
 
 def _section_class(path: tuple[str, ...]) -> type[Any]:
-    cls: type[Any] = Config
+    cls: Any = Config
     for key in path:
-        cls = attrs.fields_dict(cls)[key].type  # type: ignore[assignment]
-        if isinstance(cls, str):  # postponed annotations
+        cls = attrs.fields_dict(cls)[key].type
+        if isinstance(cls, str):  # postponed annotations name the class
             cls = globals()[cls]
-    return cls
+    return cls  # type: ignore[no-any-return]
 
 
 def _from_text(raw: str, field: attrs.Attribute[Any]) -> object:
@@ -554,7 +584,9 @@ def _cross_checks(config: Config) -> list[str]:
         missing = "tls_key" if config.server.tls_cert else "tls_cert"
         problems.append(f"server.{missing}: required when the other of tls_cert / tls_key is set")
     if config.calls.inbound_policy == "allowlist" and not config.calls.allow_from:
-        problems.append("calls.allow_from: required (non-empty) when calls.inbound_policy = 'allowlist'")
+        problems.append(
+            "calls.allow_from: required (non-empty) when calls.inbound_policy = 'allowlist'"
+        )
     return sorted(set(problems))
 
 

@@ -462,8 +462,8 @@ def test_call_ids() -> None:
     ("record", "expected"),
     [
         ({"call_status": "in-progress"}, CarrierStatus(live=True, answered=True)),
-        ({"call_status": "ringing"}, CarrierStatus(live=True)),
-        ({"call_status": "queued"}, CarrierStatus(live=True)),
+        ({"call_status": "ringing"}, CarrierStatus(live=True, answered=False)),
+        ({"call_status": "queued"}, CarrierStatus(live=True, answered=False)),
         ({"call_status": "busy"}, CarrierStatus(live=False, end_reason=EndReason.BUSY)),
     ],
 )

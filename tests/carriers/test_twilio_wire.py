@@ -605,9 +605,9 @@ def test_call_ids() -> None:
 @pytest.mark.parametrize(
     ("status", "expected"),
     [
-        ("queued", CarrierStatus(live=True)),
-        ("initiated", CarrierStatus(live=True)),
-        ("ringing", CarrierStatus(live=True)),
+        ("queued", CarrierStatus(live=True, answered=False)),
+        ("initiated", CarrierStatus(live=True, answered=False)),
+        ("ringing", CarrierStatus(live=True, answered=False)),
         ("in-progress", CarrierStatus(live=True, answered=True)),
         ("completed", CarrierStatus(live=False, end_reason=EndReason.COMPLETED)),
         ("busy", CarrierStatus(live=False, end_reason=EndReason.BUSY)),

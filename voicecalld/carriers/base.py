@@ -75,8 +75,10 @@ class WebhookKind(StrEnum):
     DTMF = "dtmf"
     MACHINE = "machine"
     """Answering-machine detection: ``machine`` says whether a machine answered."""
+    SPOKEN = "spoken"
+    """Speech voicecalld asked for has finished playing (Telnyx ``call.speak.ended``)."""
     OTHER = "other"
-    """Understood, verified, but nothing to act on (speak.ended, streaming.started, ...)."""
+    """Understood, verified, but nothing to act on (streaming.started, bridged, ...)."""
 
 
 @attrs.frozen
@@ -156,7 +158,8 @@ class CarrierStatus:
     """The carrier's word on a call, for reconciliation (SPEC §7)."""
 
     live: bool
-    answered: bool = False
+    answered: bool | None = None
+    """Whether the carrier says the call was answered; ``None`` when it does not say (Telnyx)."""
     end_reason: EndReason | None = None
     """Set when not live: the carrier's real reason (busy stays busy; 404 → completed)."""
 
@@ -230,6 +233,8 @@ class Carrier(Protocol):
     name: str
     webhook_methods: frozenset[str]
     stream: StreamProtocol
+    instructs_by_rest: bool
+    """True when the carrier ignores webhook answers and is driven by REST (Telnyx)."""
 
     # webhook half (pure)
     def has_signature(self, headers: Mapping[str, str]) -> bool:

@@ -288,7 +288,7 @@ def rest_status(data: Mapping[str, object]) -> CarrierStatus:
     """``GET /v2/calls/{id}`` ``data`` as a :class:`CarrierStatus`.
 
     ``is_alive`` is the only liveness signal; the resource says nothing about answering (so
-    ``answered`` stays false) nor why a call ended (so an ended call is ``completed``).
+    ``answered`` is ``None``: unknown) nor why a call ended (so an ended call is ``completed``).
     ``ValueError`` when ``is_alive`` is missing or not a boolean: unknown, ask again later.
     """
     alive = data.get("is_alive")

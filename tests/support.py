@@ -1,0 +1,153 @@
+"""Helpers shared by the daemon-level tests: ports, notify sockets, subprocess daemons."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import trio
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def refused(port: int) -> bool:
+    """Whether nothing listens on 127.0.0.1:``port`` (loopback refuses at once)."""
+    with socket.socket() as sock:
+        sock.settimeout(1.0)
+        try:
+            sock.connect(("127.0.0.1", port))
+        except ConnectionRefusedError:
+            return True
+        return False
+
+
+class NotifySocket:
+    """A datagram socket standing in for systemd's ``NOTIFY_SOCKET``."""
+
+    def __init__(self, directory: Path) -> None:
+        self.path = str(directory / "notify.sock")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        self.sock.settimeout(0.05)
+        self.messages: list[dict[str, str]] = []
+
+    def drain(self) -> list[dict[str, str]]:
+        while True:
+            try:
+                data = self.sock.recv(4096)
+            except (TimeoutError, BlockingIOError):
+                return self.messages
+            fields = dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
+            self.messages.append(fields)
+
+    def wait_for(self, key: str, value: str | None = None, timeout: float = 20.0) -> dict[str, str]:
+        """The first message (new or already seen) with ``key`` (= ``value``)."""
+        deadline = time.monotonic() + timeout
+        seen = 0
+        while time.monotonic() < deadline:
+            self.drain()
+            for message in self.messages[seen:]:
+                if key in message and (value is None or message[key] == value):
+                    return message
+            seen = 0
+            time.sleep(0.02)
+        raise AssertionError(f"no {key}={value} in {self.messages}")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def write_config(path: Path, state_dir: Path, port: int, extra: str = "") -> Path:
+    path.write_text(
+        f'[server]\nbind = "127.0.0.1"\nport = {port}\n'
+        f'[store]\nstate_dir = "{state_dir}"\n'
+        '[api]\ntoken = "test-token"\n'
+        f"{extra}"
+    )
+    return path
+
+
+class Process:
+    """``voicecalld run`` in a subprocess."""
+
+    def __init__(
+        self, config: Path, env: dict[str, str] | None = None, pass_fds: tuple[int, ...] = ()
+    ) -> None:
+        self.log = config.with_suffix(".log")
+        self._log_file = self.log.open("w")
+        environ = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("VOICECALLD_", "LISTEN_", "NOTIFY_", "WATCHDOG_"))
+        }
+        environ.update(env or {})
+        self.popen = subprocess.Popen(
+            [sys.executable, "-m", "voicecalld", "run", "-c", str(config)],
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            env=environ,
+            pass_fds=pass_fds,
+            cwd=ROOT,
+        )
+
+    def wait_ready(self, port: int, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.popen.poll() is None, self.output()
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1.0).status_code == 200:
+                    return
+            time.sleep(0.05)
+        raise AssertionError(f"not ready on {port}:\n{self.output()}")
+
+    def signal(self, signum: signal.Signals) -> None:
+        self.popen.send_signal(signum)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        return self.popen.wait(timeout)
+
+    def output(self) -> str:
+        self._log_file.flush()
+        return self.log.read_text()
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.kill()
+            self.popen.wait()
+        self._log_file.close()
+
+
+@contextlib.contextmanager
+def daemon(config: Path, **kwargs: object) -> Iterator[Process]:
+    process = Process(config, **kwargs)  # type: ignore[arg-type]
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+async def wait_until(
+    predicate: Callable[[], object], timeout: float = 10.0, every: float = 0.01
+) -> None:
+    """Poll ``predicate()`` on the trio clock until true.
+
+    Under an autojump clock each poll costs the clock's idle threshold in real time: poll
+    ``every`` second or so of virtual time there.
+    """
+    with trio.fail_after(timeout):
+        while not predicate():
+            await trio.sleep(every)

@@ -1,0 +1,150 @@
+"""Configuration (SPEC §2): strict types, dotted keys in every error, layers, masking."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from voicecalld import cli
+from voicecalld import config as configuration
+from voicecalld.config import ConfigError
+
+BAD = [
+    ('[server]\nport = "80"\n', "server.port: expected an integer in 0..65535, got '80'"),
+    ("[server]\nport = 70000\n", "server.port: expected an integer in 0..65535, got 70000"),
+    ("[server]\nprot = 80\n", "server.prot: unknown key"),
+    ("[srever]\nport = 80\n", "srever: unknown key"),
+    ('[calls]\nmax_duration = "5"\n', "calls.max_duration: expected a number of seconds"),
+    ("[calls]\nmax_concurrent = 0\n", "calls.max_concurrent: expected an integer in 1..100000"),
+    ("[calls]\nmax_concurrent = 1.5\n", "calls.max_concurrent: expected an integer"),
+    ('[calls]\nallow_from = ["123"]\n', "calls.allow_from: expected an E.164 number"),
+    (
+        '[calls]\ninbound_policy = "maybe"\n',
+        "calls.inbound_policy: expected one of disabled, open, allowlist",
+    ),
+    ('[calls]\ninbound_policy = "allowlist"\n', "calls.allow_from: required"),
+    ('[log]\nformat = "xml"\n', "log.format: expected one of logfmt, json"),
+    ("[providers.mock]\nenabled = 1\n", "providers.mock.enabled: expected true or false, got 1"),
+    ("[providers.twilio]\nenabled = true\n", "providers.twilio.auth_token: required"),
+    (
+        '[server]\npublic_url = "https://x.example"\n[providers.telnyx]\nenabled = true\n'
+        'api_key = "k"\nconnection_id = "c"\n',
+        "providers.telnyx.public_key: required",
+    ),
+    ('[media]\nbridge_url = "http://app"\n', "media.bridge_url: expected a ws:// or wss:// URL"),
+    (
+        '[server]\npublic_url = "https://x.example/voice?x=1"\n',
+        "server.public_url: expected a URL without query",
+    ),
+    (
+        '[server]\ntrusted_proxies = ["10.0.0.0/33"]\n',
+        "server.trusted_proxies: expected an IP address or CIDR",
+    ),
+    ("[api]\ntoken = 12345\n", "api.token: expected a string, got '***'"),
+    ('[calls]\ndefault_provider = "twilio"\n', "calls.default_provider: 'twilio' is not enabled"),
+    ('[server]\ntls_cert = "/x.pem"\n', "server.tls_key: required"),
+    ("server = 5\n", "server: expected a table"),
+    ("[server\nport = 1\n", "is not valid TOML"),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), BAD, ids=[e.split(":")[0] for _, e in BAD])
+def test_bad_configs_exit_78_naming_the_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, expected: str
+) -> None:
+    path = tmp_path / "voicecalld.toml"
+    path.write_text(text)
+    assert cli.main(["check-config", "-c", str(path)]) == 78
+    assert expected in capsys.readouterr().err
+
+
+def test_several_problems_are_all_reported() -> None:
+    with pytest.raises(ConfigError) as caught:
+        configuration.parse({"server": {"port": "1", "bind": 3}, "calls": {"nope": 1}}, environ={})
+    assert caught.value.problems == [
+        "calls.nope: unknown key",
+        "server.bind: expected a string, got 3",
+        "server.port: expected an integer in 0..65535, got '1'",
+    ]
+
+
+def test_defaults_need_no_file(tmp_path: Path) -> None:
+    config = configuration.load(None, environ={"HOME": str(tmp_path)})
+    assert config.server.bind == "127.0.0.1" and config.server.port == 8080
+    assert config.providers.enabled() == ["mock"]
+    assert config.state_dir == tmp_path / ".local" / "state" / "voicecalld"
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        ({"STATE_DIRECTORY": "/var/lib/voicecalld:/other"}, "/var/lib/voicecalld"),
+        ({"XDG_STATE_HOME": "/xdg"}, "/xdg/voicecalld"),
+    ],
+)
+def test_state_dir_resolution(environ: dict[str, str], expected: str) -> None:
+    assert str(configuration.parse({}, environ=environ).state_dir) == expected
+
+
+def test_environment_overrides_file_and_credentials(tmp_path: Path) -> None:
+    credentials = tmp_path / "creds"
+    credentials.mkdir()
+    (credentials / "twilio_auth_token").write_text("from-credential\n")
+    (credentials / "twilio_account_sid").write_text("AC-from-credential")
+    document = {
+        "server": {"public_url": "https://voice.example.com"},
+        "providers": {"twilio": {"enabled": True, "auth_token": "from-file"}},
+    }
+    config = configuration.parse(document, environ={"CREDENTIALS_DIRECTORY": str(credentials)})
+    assert config.providers.twilio.auth_token == "from-credential"
+    assert config.providers.twilio.account_sid == "AC-from-credential"
+    config = configuration.parse(
+        document,
+        environ={"CREDENTIALS_DIRECTORY": str(credentials), "VOICECALLD_TWILIO_AUTH_TOKEN": "env"},
+    )
+    assert config.providers.twilio.auth_token == "env"
+
+
+def test_environment_values_are_typed_by_the_field() -> None:
+    config = configuration.parse({}, environ={"VOICECALLD_SERVER_PORT": "9000"})
+    assert config.server.port == 9000
+    with pytest.raises(ConfigError, match=r"server\.port: expected an integer"):
+        configuration.parse({}, environ={"VOICECALLD_SERVER_PORT": "ninety"})
+
+
+def test_check_config_masks_secrets(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "voicecalld.toml"
+    path.write_text(
+        '[server]\npublic_url = "https://voice.example.com"\n'
+        '[api]\ntoken = "s3cr3t-api"\n'
+        '[providers.twilio]\nenabled = true\naccount_sid = "AC123"\nauth_token = "s3cr3t-twilio"\n'
+    )
+    assert cli.main(["check-config", "-c", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "s3cr3t" not in out
+    assert 'auth_token = "***"' in out
+    assert 'account_sid = "AC123"' in out
+    # the printed config is itself a valid config that loads to the same values (secrets aside)
+    reprinted = tmp_path / "again.toml"
+    reprinted.write_text(out.replace('"***"', '"x"'))
+    assert configuration.load(reprinted).server.public_url == "https://voice.example.com"
+
+
+def test_console_script_exit_codes(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[server]\nport = "80"\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "voicecalld", "check-config", "-c", str(bad)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 78
+    assert "server.port" in result.stderr
+    usage = subprocess.run(
+        [sys.executable, "-m", "voicecalld", "no-such-command"], capture_output=True, check=False
+    )
+    assert usage.returncode == 2

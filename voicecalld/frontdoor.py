@@ -1,0 +1,150 @@
+"""The front door: voicecalld's accept loop, and where each connection goes.
+
+One public port serves webhooks, the control API and carrier media streams. Each accepted
+connection is routed by its first bytes, read with ``MSG_PEEK`` so nothing is consumed:
+``GET /media/`` goes down the media fast path (our own websocket codec on the raw socket), anything
+else to hypercorn's per-connection server. Routing is per connection: carriers open a fresh
+connection for every media stream, so a stream's upgrade is always a connection's first request.
+
+Because the accept loop is ours, the connection cap, SIGHUP rebinding (a new accept loop on a new
+socket while live connections continue) and draining live in this one place.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+from collections.abc import Awaitable, Callable
+from typing import Final
+
+import trio
+
+from voicecalld.http.server import HttpServer
+from voicecalld.listeners import Listener
+
+__all__ = ["MEDIA_PREFIX", "FrontDoor", "MediaServer"]
+
+log = logging.getLogger("voicecalld.frontdoor")
+
+MEDIA_PREFIX: Final = b"GET /media/"
+MAX_CONNECTIONS: Final = 4096
+"""Connections beyond this are closed at once: file descriptors are finite."""
+
+MediaServer = Callable[[trio.socket.SocketType, str], Awaitable[None]]
+"""Serves one media connection: the socket (nothing consumed yet) and the peer's address."""
+
+
+class FrontDoor:
+    def __init__(
+        self,
+        http: HttpServer,
+        media: MediaServer | None,
+        *,
+        peek_timeout: float,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
+        self.http = http
+        self.media = media
+        self.peek_timeout = peek_timeout
+        self.tls = tls
+        self.connections = 0
+        self._nursery: trio.Nursery | None = None
+        self._accepting: dict[Listener, trio.CancelScope] = {}
+        self._idle = trio.Event()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Own the connections (they outlive any one listener) until cancelled."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    async def listen(self, listener: Listener) -> None:
+        """Start accepting on ``listener`` (returns once the accept loop runs)."""
+        assert self._nursery is not None, "run() first"
+        scope = await self._nursery.start(self._accept_loop, listener)
+        self._accepting[listener] = scope
+
+    def stop_listening(self, listener: Listener) -> None:
+        """Stop accepting on ``listener``; its live connections go on."""
+        scope = self._accepting.pop(listener, None)
+        if scope is not None:
+            scope.cancel()
+
+    async def drain(self, grace: float) -> None:
+        """Stop accepting, let in-flight HTTP finish (idle keep-alives close), wait up to
+        ``grace`` seconds for connections to end; the caller then cancels the rest."""
+        for listener in list(self._accepting):
+            self.stop_listening(listener)
+        await self.http.close_idle()
+        with trio.move_on_after(grace):
+            while self.connections:
+                self._idle = trio.Event()
+                await self._idle.wait()
+
+    async def _accept_loop(
+        self, listener: Listener, *, task_status: trio.TaskStatus[trio.CancelScope]
+    ) -> None:
+        sock = trio.socket.from_stdlib_socket(listener.sock)
+        with trio.CancelScope() as scope:
+            task_status.started(scope)
+            while True:
+                try:
+                    conn, address = await sock.accept()
+                except OSError as failure:  # EMFILE, ECONNABORTED: log, breathe, go on
+                    log.warning("accept failed", extra={"error": str(failure)})
+                    await trio.sleep(0.05)
+                    continue
+                if self.connections >= MAX_CONNECTIONS:
+                    conn.close()
+                    continue
+                assert self._nursery is not None
+                self.connections += 1
+                self._nursery.start_soon(self._serve, conn, _peer(address))
+
+    async def _serve(self, conn: trio.socket.SocketType, peer: str) -> None:
+        try:
+            if self.tls is not None:
+                await self._serve_tls(conn)
+            elif self.media is not None and await self._is_media(conn):
+                await self.media(conn, peer)
+            else:
+                await self.http.serve(trio.SocketStream(conn))
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass  # the client went away
+        except Exception:
+            # a bug in serving one connection must not take the others down: log it, drop it
+            log.exception("connection failed", extra={"client": peer})
+        finally:
+            conn.close()
+            self.connections -= 1
+            if not self.connections:
+                self._idle.set()
+
+    async def _is_media(self, conn: trio.socket.SocketType) -> bool:
+        """Peek at the request line, without consuming it, until it tells media from the rest.
+
+        A client sending one byte at a time gets ``peek_timeout`` in total; a peeked prefix stays
+        readable, so partial heads are re-peeked after a short pause rather than busy-looping.
+        """
+        with trio.move_on_after(self.peek_timeout):
+            while True:
+                head = await conn.recv(len(MEDIA_PREFIX), socket.MSG_PEEK)
+                if len(head) >= len(MEDIA_PREFIX) or not MEDIA_PREFIX.startswith(head) or not head:
+                    return head == MEDIA_PREFIX
+                await trio.sleep(0.005)
+        return False
+
+    async def _serve_tls(self, conn: trio.socket.SocketType) -> None:
+        """HTTPS: the TLS layer hides the request line from ``MSG_PEEK``, so every TLS connection
+        goes to hypercorn (media streams then use its websocket path, which is slower; at scale,
+        terminate TLS in front: see the README)."""
+        assert self.tls is not None
+        await self.http.serve(trio.SSLStream(trio.SocketStream(conn), self.tls, server_side=True))
+
+
+def _peer(address: object) -> str:
+    if isinstance(address, tuple) and address:
+        return str(address[0])
+    return "unknown"
