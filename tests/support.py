@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -36,7 +37,8 @@ def refused(port: int) -> bool:
 
 
 class NotifySocket:
-    """A datagram socket standing in for systemd's ``NOTIFY_SOCKET``."""
+    """A datagram socket standing in for systemd's ``NOTIFY_SOCKET``, read by a thread so the
+    daemon's sends never find it full."""
 
     def __init__(self, directory: Path) -> None:
         self.path = str(directory / "notify.sock")
@@ -44,30 +46,34 @@ class NotifySocket:
         self.sock.bind(self.path)
         self.sock.settimeout(0.05)
         self.messages: list[dict[str, str]] = []
+        self._closed = threading.Event()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
 
-    def drain(self) -> list[dict[str, str]]:
-        while True:
+    def _read(self) -> None:
+        while not self._closed.is_set():
             try:
                 data = self.sock.recv(4096)
             except (TimeoutError, BlockingIOError):
-                return self.messages
+                continue
+            except OSError:
+                return
             fields = dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
             self.messages.append(fields)
 
     def wait_for(self, key: str, value: str | None = None, timeout: float = 20.0) -> dict[str, str]:
-        """The first message (new or already seen) with ``key`` (= ``value``)."""
+        """The first message received so far (or soon) with ``key`` (= ``value``)."""
         deadline = time.monotonic() + timeout
-        seen = 0
         while time.monotonic() < deadline:
-            self.drain()
-            for message in self.messages[seen:]:
+            for message in list(self.messages):
                 if key in message and (value is None or message[key] == value):
                     return message
-            seen = 0
             time.sleep(0.02)
         raise AssertionError(f"no {key}={value} in {self.messages}")
 
     def close(self) -> None:
+        self._closed.set()
+        self._reader.join()
         self.sock.close()
 
 
@@ -151,3 +157,73 @@ async def wait_until(
     with trio.fail_after(timeout):
         while not predicate():
             await trio.sleep(every)
+
+
+class EventStream:
+    """A minimal server-sent-events client over a raw trio stream (chunked HTTP/1.1).
+
+    httpx's line iterators are async generators it does not close itself, which trio reports
+    as ResourceWarnings when a test stops reading a stream it never finishes: this does not.
+    """
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.buffer = b""
+        self.status = 0
+        self.headers: dict[str, str] = {}
+
+    @classmethod
+    async def open(cls, url: str, headers: dict[str, str]) -> EventStream:
+        parts = httpx.URL(url)
+        stream = await trio.open_tcp_stream(parts.host, parts.port or 80)
+        lines = [f"GET {parts.raw_path.decode()} HTTP/1.1", f"Host: {parts.host}"]
+        lines += [f"{k}: {v}" for k, v in headers.items()]
+        await stream.send_all(("\r\n".join(lines) + "\r\n\r\n").encode())
+        self = cls(stream)
+        head = await self._until(b"\r\n\r\n")
+        status, *fields = head.decode("latin-1").split("\r\n")
+        self.status = int(status.split()[1])
+        self.headers = {k.lower(): v.strip() for k, _, v in (f.partition(":") for f in fields)}
+        return self
+
+    async def _until(self, marker: bytes) -> bytes:
+        while marker not in self.buffer:
+            chunk = await self.stream.receive_some(65536)
+            if not chunk:
+                raise EOFError("stream closed")
+            self.buffer += chunk
+        found, _, self.buffer = self.buffer.partition(marker)
+        return found
+
+    async def _body_line(self, pending: list[bytes]) -> bytes:
+        """The next line of the chunked body."""
+        while b"\n" not in pending[0]:
+            size = int(await self._until(b"\r\n"), 16)
+            while len(self.buffer) < size + 2:
+                chunk = await self.stream.receive_some(65536)
+                if not chunk:
+                    raise EOFError("stream closed")
+                self.buffer += chunk
+            pending[0] += self.buffer[:size]
+            self.buffer = self.buffer[size + 2 :]
+        line, _, pending[0] = pending[0].partition(b"\n")
+        return line
+
+    async def next(self) -> dict[str, str]:
+        """The next event (``{"id", "event", "data"}``) or comment (``{"comment": ...}``)."""
+        if not hasattr(self, "_pending"):
+            self._pending = [b""]
+        event: dict[str, str] = {}
+        while True:
+            line = (await self._body_line(self._pending)).decode()
+            if line.startswith(":"):
+                return {"comment": line[1:].strip()}
+            if not line:
+                if event:
+                    return event
+                continue
+            key, _, value = line.partition(": ")
+            event[key] = value
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()

@@ -39,9 +39,9 @@ class HttpServer:
 
     async def serve(self, stream: trio.SocketStream | trio.SSLStream[trio.SocketStream]) -> None:
         """Serve one connection until the client or :meth:`close_idle` ends it."""
-        server = TCPServer(
-            self._app, self._config, self._context, ConnectionState(self._state.copy()), stream
-        )
+        state = ConnectionState(self._state.copy())
+        # hypercorn annotates SSLStream but duck-types: a plain SocketStream is its other case
+        server = TCPServer(self._app, self._config, self._context, state, stream)  # type: ignore[arg-type]
         await server.run()
 
     async def close_idle(self) -> None:
