@@ -31,8 +31,9 @@ MEDIA_PREFIX: Final = b"GET /media/"
 MAX_CONNECTIONS: Final = 4096
 """Connections beyond this are closed at once: file descriptors are finite."""
 
-MediaServer = Callable[[trio.socket.SocketType, str], Awaitable[None]]
-"""Serves one media connection: the socket (nothing consumed yet) and the peer's address."""
+MediaServer = Callable[[trio.socket.SocketType | trio.abc.Stream, str, bytes], Awaitable[None]]
+"""Serves one media connection: the raw socket with nothing consumed (the fast path), or a TLS
+stream with the bytes already read from it; then the peer's address."""
 
 
 class FrontDoor:
@@ -106,9 +107,9 @@ class FrontDoor:
     async def _serve(self, conn: trio.socket.SocketType, peer: str) -> None:
         try:
             if self.tls is not None:
-                await self._serve_tls(conn)
+                await self._serve_tls(conn, peer)
             elif self.media is not None and await self._is_media(conn):
-                await self.media(conn, peer)
+                await self.media(conn, peer, b"")
             else:
                 await self.http.serve(trio.SocketStream(conn))
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
@@ -136,12 +137,57 @@ class FrontDoor:
                 await trio.sleep(0.005)
         return False
 
-    async def _serve_tls(self, conn: trio.socket.SocketType) -> None:
-        """HTTPS: the TLS layer hides the request line from ``MSG_PEEK``, so every TLS connection
-        goes to hypercorn (media streams then use its websocket path, which is slower; at scale,
-        terminate TLS in front: see the README)."""
+    async def _serve_tls(self, conn: trio.socket.SocketType, peer: str) -> None:
+        """HTTPS/WSS: TLS hides the request line from ``MSG_PEEK``, so the first bytes are read
+        from the TLS stream instead, and handed on with it (to hypercorn, replayed)."""
         assert self.tls is not None
-        await self.http.serve(trio.SSLStream(trio.SocketStream(conn), self.tls, server_side=True))
+        stream = trio.SSLStream(trio.SocketStream(conn), self.tls, server_side=True)
+        head = b""
+        with trio.move_on_after(self.peek_timeout):
+            await stream.do_handshake()
+            while len(head) < len(MEDIA_PREFIX) and MEDIA_PREFIX.startswith(head):
+                chunk = await stream.receive_some(4096)
+                if not chunk:
+                    return
+                head += chunk
+        if not head:
+            return
+        if self.media is not None and head.startswith(MEDIA_PREFIX):
+            await self.media(stream, peer, head)
+        else:
+            await self.http.serve(_Replayed(stream, head))
+
+
+class _Replayed(trio.abc.Stream):
+    """A TLS stream whose first bytes were read by the front door: they are received again
+    first. Hypercorn duck-types its stream: these are the members it uses."""
+
+    def __init__(self, stream: trio.SSLStream[trio.SocketStream], head: bytes) -> None:
+        self._stream = stream
+        self._head = head
+        self.transport_stream = stream.transport_stream
+
+    async def do_handshake(self) -> None:
+        await self._stream.do_handshake()  # done already: returns at once
+
+    def selected_alpn_protocol(self) -> str | None:
+        protocol: str | None = self._stream.selected_alpn_protocol()
+        return protocol
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self._head:
+            head, self._head = self._head, b""
+            return head
+        return bytes(await self._stream.receive_some(max_bytes))
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self._stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._stream.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
 
 
 def _peer(address: object) -> str:

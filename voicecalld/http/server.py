@@ -37,7 +37,7 @@ class HttpServer:
         self._context = WorkerContext(None)
         self._state: dict[str, Any] = {}
 
-    async def serve(self, stream: trio.SocketStream | trio.SSLStream[trio.SocketStream]) -> None:
+    async def serve(self, stream: trio.abc.Stream) -> None:
         """Serve one connection until the client or :meth:`close_idle` ends it."""
         state = ConnectionState(self._state.copy())
         # hypercorn annotates SSLStream but duck-types: a plain SocketStream is its other case
