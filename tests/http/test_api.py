@@ -130,7 +130,11 @@ async def test_hangup_is_idempotent_and_ends_hangup_bot(
         assert (first.json()["state"], first.json()["end_reason"]) == ("ended", "hangup-bot")
         again = await daemon.api.post(f"/v1/calls/{call['id']}/hangup")
         assert again.status_code == 200
-        assert again.json() == first.json()
+        # the same ended call (its metadata loses "hangup_owed" once the carrier confirms)
+        drop = {"metadata", "updated_at"}
+        assert {k: v for k, v in again.json().items() if k not in drop} == {
+            k: v for k, v in first.json().items() if k not in drop
+        }
         missing = await daemon.api.post("/v1/calls/c_nope/hangup")
         assert missing.status_code == 404
         assert (await daemon.api.get("/v1/calls/c_nope")).status_code == 404

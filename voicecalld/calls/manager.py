@@ -154,6 +154,8 @@ class CallManager:
         self.timers = Timers(self._expired)
         self.feed = Feed(metrics)
         store.on_commit = self.feed.publish  # in commit order, before any writer resumes
+        self.restored: list[Call] = []
+        """Open calls loaded from the store at start, until the reconciler takes them."""
         self.ended_hooks: list[Callable[[Call], None]] = []
         """Called (synchronously) when a call ends: the media layer closes its streams."""
         self._nursery: trio.Nursery | None = None
@@ -164,14 +166,18 @@ class CallManager:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The ``calls`` start-up step: load what the store owes us, then run timers and hang-ups.
 
-        Open calls are loaded (and counted against capacity) at once; asking their carriers
-        about them is the reconciler's job, in the ``restore`` step.
+        Open calls are loaded (and counted against capacity) here, before anything is served, so
+        no webhook can end one between its load and its adoption; asking their carriers about
+        them is the reconciler's job, in the ``restore`` step.
         """
         since = self.now() - REPLAY_WINDOW
         for key in await self.store.webhook_keys_since(since):
             self._replays[key] = 0.0
         for call in await self.store.calls_owing_hangup():
             self._owed[call.id] = _Owed(call)
+        self.restored = await self.store.open_calls()
+        for call in self.restored:
+            self.adopt(call, arm=False)
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             await nursery.start(self.timers.run)
@@ -675,6 +681,8 @@ class CallManager:
     async def _pay_hangups(self) -> None:
         """Attempt every owed hang-up when due; one in flight per call."""
         assert self._nursery is not None
+        # after a restart or a big sweep, many are due at once: no burst at the carrier
+        limiter = trio.CapacityLimiter(self.config.calls.reconcile_concurrency)
         while True:
             self._owed_wake = trio.Event()
             now = trio.current_time()
@@ -685,21 +693,23 @@ class CallManager:
             ]
             for owed in due:
                 self._hanging_up.add(owed.call.id)
-                self._nursery.start_soon(self._attempt_hangup, owed)
+                self._nursery.start_soon(self._attempt_hangup, owed, limiter)
             upcoming = [
                 o.next_try for o in self._owed.values() if o.call.id not in self._hanging_up
             ]
             with trio.move_on_at(min(upcoming, default=float("inf"))):
                 await self._owed_wake.wait()
 
-    async def _attempt_hangup(self, owed: _Owed) -> None:
+    async def _attempt_hangup(self, owed: _Owed, limiter: trio.CapacityLimiter) -> None:
         call = owed.call
         carrier = self.carriers.get(call.provider)
         try:
             if carrier is None:
                 raise CarrierError(f"provider {call.provider} is not enabled", retryable=True)
-            await carrier.hangup(call)
-        except CarrierError as error:
+            async with limiter:
+                await carrier.hangup(call)
+        except Exception as failure:  # any failure: a bug must not turn into a restart loop
+            error = failure if isinstance(failure, CarrierError) else _unexpected(failure)
             owed.attempts += 1
             delay = min(HANGUP_RETRY_CAP, 2.0 ** min(owed.attempts, 12))
             owed.next_try = trio.current_time() + delay
@@ -764,6 +774,11 @@ class CallManager:
 
     async def _write(self, call: Call, events: list[NewEvent] | tuple[NewEvent, ...] = ()) -> None:
         await self.store.write([call], list(events))
+
+
+def _unexpected(failure: Exception) -> CarrierError:
+    log.error("unexpected error during a carrier hang-up", exc_info=failure)
+    return CarrierError(f"{type(failure).__name__}: {failure}", retryable=True)
 
 
 def _owing(call: Call) -> Call:

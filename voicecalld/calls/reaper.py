@@ -2,10 +2,21 @@
 
 A backstop for lost carrier callbacks: a call stuck ``initiated`` or ``ringing`` (the carrier's
 final webhook never came, the ring timer was lost) would otherwise hold a concurrency slot
-forever. Every ``calls.reaper_interval`` it ends such calls ``stale``; it never touches a call
-that was answered (answered, active, speaking, listening). Ending owes the carrier hang-up, which
-the manager attempts with at most one in flight per call and retries, logging every failure; a
-call with no carrier id has nothing to hang up and just ends. ``stale_after = 0`` disables it.
+forever. Every ``calls.reaper_interval`` it ends such calls ``stale``.
+
+Rules it keeps, and why:
+
+- It never touches a call that was answered (answered, active, speaking, listening): those
+  belong to max duration and stream loss, which know better than "old".
+- Ending owes the carrier hang-up (the manager's *owed hang-up*): attempted at once, at most one
+  in flight per call, retried with backoff until the carrier confirms, every failure logged
+  with the call id and the error. An ended call leaves the manager's live calls at once, so a
+  later sweep cannot end it, or hang it up, a second time. A call with no carrier id has nothing
+  to hang up and just ends.
+- One sweep ends its calls concurrently (each is one durable write; the store commits them
+  together) rather than one after another.
+- It reads ``manager.config`` at every sweep, so a reload (SIGHUP) takes effect at the next one;
+  ``stale_after = 0`` disables it.
 """
 
 from __future__ import annotations
@@ -17,7 +28,6 @@ import trio
 
 from voicecalld.calls.manager import CallManager
 from voicecalld.calls.model import ACTIVE_STATES, Call, EndReason
-from voicecalld.config import Config
 from voicecalld.metrics import Metrics
 
 __all__ = ["Reaper", "stale"]
@@ -33,9 +43,11 @@ def stale(call: Call, now: datetime, stale_after: float) -> bool:
 
 
 class Reaper:
-    def __init__(self, manager: CallManager, config: Config, metrics: Metrics) -> None:
+    """The ``reaper`` step. ``config`` is the one the runtime started with; the values in force
+    are read from ``manager.config``, which follows reloads."""
+
+    def __init__(self, manager: CallManager, metrics: Metrics) -> None:
         self.manager = manager
-        self.config = config
         self.metrics = metrics
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -46,17 +58,35 @@ class Reaper:
 
     async def tick(self) -> int:
         """One sweep; returns how many calls it ended."""
-        calls = self.manager.config.calls
-        if calls.stale_after <= 0:
+        stale_after = self.manager.config.calls.stale_after
+        if stale_after <= 0:
             return 0
         now = self.manager.now()
-        reaped = 0
-        for call in list(self.manager.calls.values()):
-            if stale(call, now, calls.stale_after):
-                log.info(
-                    "reaping stale call", extra={"call_id": call.id, "state": call.state.value}
-                )
-                if await self.manager.end_call(call.id, EndReason.STALE) is not None:
-                    reaped += 1
-                    self.metrics.reaped.inc()
-        return reaped
+        doomed = [c.id for c in self.manager.calls.values() if stale(c, now, stale_after)]
+        reaped: list[Call] = []
+        async with trio.open_nursery() as nursery:
+            for call_id in doomed:
+                nursery.start_soon(self._reap, call_id, now, stale_after, reaped)
+        return len(reaped)
+
+    async def _reap(
+        self, call_id: str, now: datetime, stale_after: float, reaped: list[Call]
+    ) -> None:
+        call = self.manager.calls.get(call_id)
+        if call is None or not stale(call, now, stale_after):
+            return  # news came meanwhile (answered, ended): not ours any more
+        # no await between this check and end_call's own read of the call: nothing can slip in
+        ended = await self.manager.end_call(call_id, EndReason.STALE)
+        assert ended is not None
+        reaped.append(ended)
+        self.metrics.reaped.inc()
+        log.info(
+            "reaped stale call",
+            extra={
+                "call_id": call.id,
+                "provider": call.provider,
+                "state": call.state.value,
+                "age_s": round((now - call.created_at).total_seconds(), 1),
+                "hangup_owed": bool(ended.metadata.get("hangup_owed")),
+            },
+        )
