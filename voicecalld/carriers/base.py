@@ -61,6 +61,9 @@ class WebhookRequest:
     headers: Mapping[str, str]
     body: bytes
     received_at: float
+    memo: dict[str, object] = attrs.field(factory=dict, eq=False, repr=False)
+    """Values a carrier derives from the request once (the decoded body and query), shared by
+    verify, replay_key and parse: see :func:`voicecalld.carriers.forms.body_fields`."""
 
 
 class MalformedWebhook(ValueError):

@@ -85,8 +85,7 @@ def _dumps(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
-def _call_row(call: Call) -> tuple[str | int | None, ...]:
-    record = call.to_json()
+def _call_row(call: Call, record: dict[str, Any]) -> tuple[str | int | None, ...]:
     ended_at = format_time(call.ended_at or call.updated_at) if call.ended else None
     return (
         call.id,
@@ -241,9 +240,10 @@ def _apply_write(
 ) -> list[StoredEvent]:
     at = format_time(now)
     if webhook_key is not None:
-        if conn.execute("SELECT 1 FROM webhook_keys WHERE key = ?", (webhook_key,)).fetchone():
-            raise DuplicateWebhookKey(f"webhook key already recorded: {webhook_key!r}")
-        conn.execute("INSERT INTO webhook_keys (key, seen_at) VALUES (?, ?)", (webhook_key, at))
+        try:
+            conn.execute("INSERT INTO webhook_keys (key, seen_at) VALUES (?, ?)", (webhook_key, at))
+        except sqlite3.IntegrityError:  # the primary key: a replay
+            raise DuplicateWebhookKey(f"webhook key already recorded: {webhook_key!r}") from None
     conn.executemany(_UPSERT_CALL, call_rows)
     stored = []
     for event, row in zip(events, event_rows, strict=True):
@@ -482,13 +482,15 @@ class SqliteStore:
         # Truncated as stored, so the events returned equal the events read back.
         now = parse_time(format_time(self._clock()))
         at = format_time(now)
-        call_rows = [_call_row(call) for call in calls]
+        # each call as JSON once, though it is usually both a row and its events' snapshot
+        records = {id(call): call.to_json() for call in (*calls, *(e.call for e in events))}
+        call_rows = [_call_row(call, records[id(call)]) for call in calls]
         event_rows = [
             (
                 event.type.value,
                 event.call.id,
                 at,
-                _dumps({"call": event.call.to_json(), "data": event.data}),
+                _dumps({"call": records[id(event.call)], "data": event.data}),
             )
             for event in events
         ]
@@ -569,11 +571,35 @@ class SqliteStore:
             self._pending = []
 
     def _commit(self, batch: Sequence[_Op[Any]]) -> None:
+        """Apply ``batch`` in one transaction (writer thread).
+
+        Optimistically first, with no per-op savepoints: nearly every batch is all good. If an
+        op fails, the transaction is rolled back and the batch applied again with each op under
+        a savepoint, so that only the failing op fails.
+        """
+        conn = self._files.writer
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for op in batch:
+                op.result = op.apply(conn)
+            conn.execute("COMMIT")
+            return
+        except (RejectedWrite, sqlite3.IntegrityError):
+            conn.execute("ROLLBACK")
+        except BaseException:
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            raise
+        self._commit_one_by_one(batch)
+
+    def _commit_one_by_one(self, batch: Sequence[_Op[Any]]) -> None:
         """Apply ``batch`` in one transaction, each op under a savepoint (writer thread)."""
         conn = self._files.writer
         conn.execute("BEGIN IMMEDIATE")
         try:
             for op in batch:
+                op.result = None
                 conn.execute("SAVEPOINT op")
                 try:
                     op.result = op.apply(conn)

@@ -49,12 +49,13 @@ from voicecalld.carriers.base import (
 )
 from voicecalld.carriers.forms import (
     Fields,
+    body_fields,
     call_param,
     decode_base64,
     e164,
     first,
     parse_form,
-    query_fields,
+    url_query,
     xml_reply,
 )
 from voicecalld.carriers.plivo.stream import CONTENT_TYPE, SAMPLE_RATE
@@ -166,7 +167,7 @@ def replay_key(request: WebhookRequest) -> str:
 
 def _request_canonical_v3(request: WebhookRequest) -> str | None:
     try:
-        params = {} if request.method.upper() == "GET" else parse_form(request.body)
+        params = {} if request.method.upper() == "GET" else body_fields(request)
         return _canonical_v3(request.method, request.url, params)
     except ValueError:
         return None
@@ -239,9 +240,7 @@ def parse(request: WebhookRequest) -> WebhookEvent:
     """Read a verified Plivo voice callback; :class:`MalformedWebhook` if it makes no sense."""
     try:
         fields: Fields = (
-            query_fields(request.url)
-            if request.method.upper() == "GET"
-            else parse_form(request.body)
+            url_query(request) if request.method.upper() == "GET" else body_fields(request)
         )
         call_id = call_param(request.url)
     except ValueError as error:

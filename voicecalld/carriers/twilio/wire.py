@@ -45,12 +45,12 @@ from voicecalld.carriers.base import (
 )
 from voicecalld.carriers.forms import (
     Fields,
+    body_fields,
     call_param,
     decode_base64,
     e164,
     first,
-    parse_form,
-    query_fields,
+    url_query,
     xml_reply,
 )
 
@@ -119,16 +119,17 @@ def verify(request: WebhookRequest, auth_token: str) -> bool:
     params = _signed_params(request)
     if params is None:
         return False
-    valid = False
-    for url in _url_variants(request.url):
-        valid |= hmac.compare_digest(_digest(auth_token, _signed_string(url, params)), given)
-    return valid
+    signed_fields = _request_fields_string(request, params)  # the same for every URL variant
+    return any(
+        hmac.compare_digest(_digest(auth_token, url + signed_fields), given)
+        for url in _url_variants(request.url)
+    )
 
 
 def replay_key(request: WebhookRequest) -> str:
     """SHA-256 hex of the signed string and the decoded signature of ``request``."""
     params = _signed_params(request)
-    material = _signed_string(request.url, params if params is not None else {})
+    material = request.url + _request_fields_string(request, params if params is not None else {})
     header = request.headers.get(SIGNATURE_HEADER, "")
     try:
         sig = decode_base64(header).hex()
@@ -144,7 +145,20 @@ def _digest(auth_token: str, signed: str) -> bytes:
 
 
 def _signed_string(url: str, params: Mapping[str, str | Sequence[str]]) -> str:
-    parts = [url]
+    return url + _fields_string(params)
+
+
+def _request_fields_string(request: WebhookRequest, params: Fields) -> str:
+    """:func:`_fields_string` of a request's signed fields, built once (verify and replay_key)."""
+    cached = request.memo.get("signed-fields")
+    if not isinstance(cached, str):
+        cached = request.memo["signed-fields"] = _fields_string(params)
+    return cached
+
+
+def _fields_string(params: Mapping[str, str | Sequence[str]]) -> str:
+    """The fields' part of the signed string: each name, then each of its values, sorted."""
+    parts = []
     for name in sorted(params):
         values = params[name]
         for value in sorted({values} if isinstance(values, str) else set(values)):
@@ -156,7 +170,7 @@ def _signed_string(url: str, params: Mapping[str, str | Sequence[str]]) -> str:
 def _signed_params(request: WebhookRequest) -> Fields | None:
     """The form fields Twilio signed, ``{}`` for a hash-checked JSON body, ``None`` if invalid."""
     try:
-        body_hash = first(query_fields(request.url), "bodySHA256")
+        body_hash = first(url_query(request), "bodySHA256")
     except ValueError:
         return None
     if body_hash is not None:
@@ -166,7 +180,7 @@ def _signed_params(request: WebhookRequest) -> Fields | None:
     if "json" in request.headers.get("content-type", "").lower():
         return None
     try:
-        return parse_form(request.body)
+        return body_fields(request)
     except ValueError:
         return None
 
@@ -207,8 +221,8 @@ def _with_netloc(parts: SplitResult, netloc: str) -> str:
 def parse(request: WebhookRequest) -> WebhookEvent:
     """Read a verified Twilio voice webhook; :class:`MalformedWebhook` if it makes no sense."""
     try:
-        query = query_fields(request.url)
-        fields = query if request.method.upper() == "GET" else parse_form(request.body)
+        query = url_query(request)
+        fields = query if request.method.upper() == "GET" else body_fields(request)
         call_id = call_param(request.url)
     except ValueError as error:
         raise MalformedWebhook(f"Twilio webhook is not valid form encoding: {error}") from None
