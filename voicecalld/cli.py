@@ -17,7 +17,6 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-import httpx
 import trio
 
 from voicecalld import __version__, statedir
@@ -154,6 +153,8 @@ def _api(config: Config) -> tuple[str, dict[str, str]]:
 
 
 def _request(config: Config, method: str, path: str, **kwargs: Any) -> Any:
+    import httpx  # here: `voicecalld run` and `status` never need it
+
     base, headers = _api(config)
     try:
         response = httpx.request(method, base + path, headers=headers, timeout=30.0, **kwargs)

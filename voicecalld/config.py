@@ -26,8 +26,6 @@ import cattrs
 from cattrs.errors import ForbiddenExtraKeysError
 from cattrs.gen import make_dict_structure_fn, override
 
-from voicecalld.carriers.telnyx.wire import load_public_key
-
 __all__ = [
     "CONFIG_ENV",
     "ApiConfig",
@@ -169,6 +167,10 @@ def _http_url(value: str) -> str | None:
 
 
 def _ed25519_key(value: str) -> str | None:
+    # imported here: the Telnyx module (and PyNaCl) is a third of the config's import time,
+    # and most configs have no Telnyx key to check
+    from voicecalld.carriers.telnyx.wire import load_public_key  # noqa: PLC0415
+
     try:
         load_public_key(value)
     except ValueError as error:

@@ -27,6 +27,7 @@ Invariants, and why:
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Callable
 
@@ -94,8 +95,17 @@ def _encode_table(encode: Callable[[int], int]) -> list[int]:
 
 _ULAW_LOW, _ULAW_HIGH = _decode_tables(_ulaw_decode)
 _ALAW_LOW, _ALAW_HIGH = _decode_tables(_alaw_decode)
-_ULAW_ENCODE = _encode_table(_ulaw_encode)
-_ALAW_ENCODE = _encode_table(_alaw_encode)
+
+
+@functools.cache
+def _ulaw_encode_table() -> list[int]:
+    """Built on first use: 65,536 entries cost ~18 ms, paid only by streams that encode."""
+    return _encode_table(_ulaw_encode)
+
+
+@functools.cache
+def _alaw_encode_table() -> list[int]:
+    return _encode_table(_alaw_encode)
 
 
 def _expand(codes: bytes, low: bytes, high: bytes) -> bytes:
@@ -124,12 +134,12 @@ def alaw_to_pcm16(codes: bytes) -> bytes:
 
 def pcm16_to_ulaw(pcm: bytes) -> bytes:
     """16-bit little-endian PCM to mu-law bytes (half as many bytes)."""
-    return _compress(pcm, _ULAW_ENCODE)
+    return _compress(pcm, _ulaw_encode_table())
 
 
 def pcm16_to_alaw(pcm: bytes) -> bytes:
     """16-bit little-endian PCM to A-law bytes (half as many bytes)."""
-    return _compress(pcm, _ALAW_ENCODE)
+    return _compress(pcm, _alaw_encode_table())
 
 
 def _lanes(pattern: bytes, count: int) -> int:
