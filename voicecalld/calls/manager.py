@@ -367,10 +367,16 @@ class CallManager:
         return transition.call
 
     async def record(self, call_id: str, kind: EventType, data: Mapping[str, Any]) -> None:
-        """Record an event that changes no state (``call.dtmf``, ``stream.started`` ...)."""
+        """Record an event that changes no state (``call.dtmf``, ``stream.stopped`` ...).
+
+        A call that has just ended still gets it (a stream that ends with its call): the event
+        alone is written, never the older call row.
+        """
         call = self.calls.get(call_id)
         if call is not None:
             await self._write(call, [NewEvent(kind, call, data)])
+        elif (stored := await self.store.get(call_id)) is not None:
+            await self.store.write([], [NewEvent(kind, stored, data)])
 
     # -- carrier events ------------------------------------------------------------------------
 

@@ -219,7 +219,8 @@ class StreamProtocol(Protocol):
         ...
 
     def media(self, stream_id: str, audio: bytes) -> bytes:
-        """A message that plays ``audio`` (in the stream's encoding) to the caller."""
+        """A message that plays ``audio`` to the caller: μ-law at 8 kHz, which every carrier
+        plays whatever the encoding of the audio it streams to us (Plivo L16, Telnyx PCMA)."""
         ...
 
     def mark(self, stream_id: str, name: str) -> bytes: ...

@@ -1,21 +1,32 @@
 """Carrier media streams on ``/media/{provider}``, and their bridge to the application (SPEC §8).
 
 The front door hands this module every connection whose first bytes are ``GET /media/``; from
-there to the application and back nothing else runs: per call, one task reads the carrier's
+there to the application and back nothing else runs: per stream, one task reads the carrier's
 websocket and writes straight to the bridge's, and one reads the bridge and writes straight to
 the carrier. No channel, no helper task per frame; sends never block (a full outgoing buffer
 drops the frame, counted in ``/metrics``), so a slow side costs audio, never memory.
 
 Admission, in order: the request head within ``server.body_timeout``; a provider that is
-enabled (404); ``media.max_streams`` open streams (503), ``media.max_pending`` streams not yet
-started (503) and ``media.max_pending_per_ip`` of those from one client (429); then the upgrade,
-and the carrier's ``start`` message within ``media.start_timeout`` carrying a token voicecalld
-issued for this call in a webhook answer (1008 otherwise). Tokens are single-use; a new stream
-for a call supersedes the old one, whose close then does not count as the stream going away.
+enabled (404); ``media.max_streams`` streams admitted and not yet closed (503),
+``media.max_pending`` of them not yet started (503) and ``media.max_pending_per_ip`` of those
+from one client (429), each counted from the moment it is admitted, so concurrent upgrades
+cannot overshoot a limit; then the upgrade (carrier messages over
+:data:`MAX_CARRIER_MESSAGE` close the stream 1009), and the carrier's ``start`` message within
+``media.start_timeout`` carrying a token voicecalld issued for this call in a webhook answer
+(1008 otherwise). Tokens are single-use; a new stream for a call supersedes the old one,
+whose close then does not count as the stream going away.
 
-When the current stream of a live call ends, the manager gives it ``calls.stream_grace`` for a
-new one before ending the call ``stream-lost``. A bridge that cannot connect, or closes, ends the
-call (logged); a carrier stream that ends sends ``stop`` to the application.
+Each stream has its own bridge: opened when the stream starts, to the call's ``bridge_url``
+(else ``media.bridge_url``), and closed after telling the application ``stop`` when the stream
+ends, whatever ended it. A bridge that cannot connect, or closes, or sends audio that is not
+whole samples, ends the call (logged). When the current stream of a live call ends, the manager
+gives it ``calls.stream_grace`` for a new one before ending the call ``stream-lost``. On
+shutdown, streams still open after ``runtime.drain_timeout`` are closed with 1001 and the call
+goes on (a restarted voicecalld reconciles it).
+
+Which side closed matters, so each loop catches :class:`ConnectionClosed` only around its own
+side's receive; a send to the other side that finds it closed drops the frame, and leaves the
+ending to that side's own loop, which sees the close on its next receive.
 """
 
 from __future__ import annotations
@@ -36,6 +47,7 @@ from voicecalld.carriers.base import (
     Carrier,
     StreamAudio,
     StreamDtmf,
+    StreamEvent,
     StreamMark,
     StreamProtocol,
     StreamStarted,
@@ -43,18 +55,33 @@ from voicecalld.carriers.base import (
 )
 from voicecalld.config import Config
 from voicecalld.media import handshake
-from voicecalld.media.audio import BRIDGE_FORMATS, Transcoder
+from voicecalld.media.audio import BRIDGE_FORMATS, Format, Transcoder
 from voicecalld.media.connection import ConnectionClosed, WebSocket, accept, connect, refuse
 from voicecalld.media.handshake import HandshakeError
-from voicecalld.media.websocket import CloseCode
+from voicecalld.media.websocket import CloseCode, Message
 from voicecalld.metrics import Metrics
+from voicecalld.store.base import StoreError
 
-__all__ = ["MAX_HEAD", "MediaStreams"]
+__all__ = ["MAX_CARRIER_MESSAGE", "MAX_HEAD", "MediaStreams"]
 
 log = logging.getLogger("voicecalld.media")
 
-MAX_HEAD: Final = 16 * 1024
+MAX_HEAD: Final = handshake.MAX_HEAD_SIZE
+MAX_CARRIER_MESSAGE: Final = 64 * 1024
+"""Largest carrier message: a ``start`` is a few hundred bytes, a 20 ms frame about 300."""
 FRAME_MS: Final = 20
+FLUSH_EVERY: Final = 250
+"""Frames a stream counts in locals before adding them to ``/metrics`` (5 s of audio): a
+labelled counter bumped per frame costs about half a microsecond, a local nothing. Drops are
+added at once."""
+MAX_MARK_NAME: Final = 256
+PLAYBACK: Final[Format] = ("mulaw", 8000)
+"""What every carrier's ``media`` message plays, as voicecalld sets the carriers up: Twilio
+takes nothing else, voicecalld's Plivo ``playAudio`` names μ-law 8 kHz, and Telnyx streams are
+opened with ``stream_bidirectional_codec=PCMU``. So the application's audio is converted to
+this, not to the format the carrier streams to us (Plivo L16, Telnyx PCMA)."""
+
+Networks = list[ipaddress.IPv4Network | ipaddress.IPv6Network]
 
 
 class _Refused(Exception):
@@ -71,20 +98,38 @@ class _Stream:
     protocol: StreamProtocol
     provider: str
     client: str
+    scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    """Covers the whole stream: cancelled when superseded, when its call ends, on shutdown."""
+    pending: bool = True
+    """Admitted, not yet started: counted against ``max_pending`` and the per-client limit."""
+    backlog: list[Message] = attrs.Factory(list)
+    """Messages that came in the batch of ``start``, after it."""
     call: Call | None = None
     started: StreamStarted | None = None
     bridge: WebSocket | None = None
-    scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
-    superseded: bool = False
+    starts_grace: bool = True
+    """Whether its end gives the call ``stream_grace`` to get a new one: not when a new one
+    superseded it, nor when voicecalld shuts down (the call outlives the daemon)."""
+    stop_reason: str = ""
     close_code: int = CloseCode.NORMAL
-    stop_reason: str = "stream ended"
     frames_in: int = 0
     frames_out: int = 0
     dropped_in: int = 0
     dropped_out: int = 0
+    counted: tuple[int, int, int, int] = (0, 0, 0, 0)
+    """The counts above as last added to ``/metrics``."""
+
+    def ending(self, reason: str, code: int = CloseCode.NORMAL) -> None:
+        """Say why the stream ends, and with which close code: the first cause given is the
+        one the carrier, the app and the call's events are told (a bridge that failed is not
+        reported as the call ending that followed)."""
+        if not self.stop_reason:
+            self.stop_reason, self.close_code = reason, code
 
 
 class MediaStreams:
+    """Every carrier media stream of one runtime: admission, life, bridge, draining."""
+
     def __init__(self, config: Config, manager: CallManager, metrics: Metrics) -> None:
         self.config = config
         self.manager = manager
@@ -92,21 +137,20 @@ class MediaStreams:
         self._current: dict[str, _Stream] = {}
         """The stream of each call (the newest: older ones are superseded)."""
         self._open: set[_Stream] = set()
+        """Upgraded and not yet closed: what draining waits for."""
         self._changed = trio.Event()
         """Set when a stream closes (drain waits on it)."""
+        self._admitted = 0
         self._pending = 0
         self._pending_by_client: Counter[str] = Counter()
-        self._trusted = self._networks(config)
+        self._shutting_down = False
+        self._trusted = _networks(config)
         manager.ended_hooks.append(self._call_ended)
         metrics.streams.read = lambda: {(): float(len(self._open))}
 
     def reconfigure(self, config: Config) -> None:
         self.config = config
-        self._trusted = self._networks(config)
-
-    @staticmethod
-    def _networks(config: Config) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
-        return [ipaddress.ip_network(p, strict=False) for p in config.server.trusted_proxies]
+        self._trusted = _networks(config)
 
     # -- admission -------------------------------------------------------------------------
 
@@ -114,38 +158,43 @@ class MediaStreams:
         self, connection: trio.socket.SocketType | trio.abc.Stream, peer: str, head: bytes = b""
     ) -> None:
         """Serve one connection the front door routed here (nothing of it consumed yet, or
-        ``head`` already read from a TLS stream)."""
+        ``head`` already read from a TLS stream) until its stream ends."""
         try:
             request, leftover = await self._read_request(connection, head)
-            provider = request.path.removeprefix("/media/").split("/")[0]
-            carrier: Carrier | None = self.manager.carriers.get(provider)
-            if carrier is None:
-                raise _Refused(404, f"provider {provider!r} is not enabled")
+            carrier = self._carrier(request.path)
             client = self._client(peer, request)
             self._admit(client)
-        except HandshakeError as refused:
-            self.metrics.streams_refused.inc(reason=str(refused.status))
-            log.info(
-                "media upgrade refused",
-                extra={"client": peer, "status": refused.status, "why": refused.message},
-            )
-            await refuse(connection, refused.status, refused.message, refused.headers)
-            return
-        except _Refused as refused:
-            self.metrics.streams_refused.inc(reason=str(refused.status))
-            log.info(
-                "media upgrade refused",
-                extra={"client": peer, "status": refused.status, "why": str(refused)},
-            )
-            await refuse(connection, refused.status, str(refused))
+        except (HandshakeError, _Refused) as refused:
+            status, why = _refusal(refused)
+            self.metrics.streams_refused.inc(reason=str(status))
+            log.info("media upgrade refused", extra={"client": peer, "status": status, "why": why})
+            await refuse(connection, status, why, getattr(refused, "headers", ()))
             return
         try:
-            ws = await accept(connection, request, leftover)
-            stream = _Stream(ws, carrier.stream, provider, client)
-            async with ws:
-                await self._run(stream)
-        except ConnectionClosed:
-            pass
+            ws = await accept(connection, request, leftover, max_message_size=MAX_CARRIER_MESSAGE)
+        except BaseException as error:
+            self._admitted -= 1
+            self._unpend(client)
+            if isinstance(error, ConnectionClosed):
+                return  # the client left during the upgrade
+            raise
+        stream = _Stream(ws, carrier.stream, carrier.name, client)
+        self._open.add(stream)
+        try:
+            with stream.scope:
+                if await self._start(stream):
+                    await self._live(stream)
+        except trio.Cancelled:  # not by us (ours stop at stream.scope): the runtime is ending
+            _going_away(stream)
+            raise
+        finally:
+            self._open.discard(stream)
+            self._changed.set()
+            self._admitted -= 1
+            if stream.pending:
+                self._unpend(client)
+            with trio.CancelScope(shield=True):
+                await self._finish(stream)
 
     async def _read_request(
         self, connection: trio.socket.SocketType | trio.abc.Stream, head: bytes
@@ -164,6 +213,13 @@ class MediaStreams:
             return handshake.parse_request(bytes(buffer[:end])), bytes(buffer[end:])
         raise _Refused(408, "request head too slow")
 
+    def _carrier(self, path: str) -> Carrier:
+        provider = path.removeprefix("/media/")
+        carrier = self.manager.carriers.get(provider) if "/" not in provider else None
+        if carrier is None:
+            raise _Refused(404, f"no media stream at {path[:80]!r}")
+        return carrier
+
     def _client(self, peer: str, request: handshake.UpgradeRequest) -> str:
         """The client per-IP limits apply to: the rightmost untrusted X-Forwarded-For hop when
         the peer is a trusted proxy, else the peer."""
@@ -176,254 +232,375 @@ class MediaStreams:
         return peer
 
     def _admit(self, client: str) -> None:
+        """Check the limits and take the stream's place in them, in one step (no ``await``)."""
         media = self.config.media
-        if len(self._open) >= media.max_streams:
+        if self._shutting_down:
+            raise _Refused(503, "voicecalld is shutting down")
+        if self._admitted >= media.max_streams:
             raise _Refused(503, "too many media streams")
         if self._pending >= media.max_pending:
             raise _Refused(503, "too many media streams starting")
         if self._pending_by_client[client] >= media.max_pending_per_ip:
             raise _Refused(429, "too many media streams starting from this client")
+        self._admitted += 1
+        self._pending += 1
+        self._pending_by_client[client] += 1
 
-    # -- a stream's life ---------------------------------------------------------------------
+    def _unpend(self, client: str) -> None:
+        """A stream of ``client`` is no longer pending (it started, or ended first)."""
+        self._pending -= 1
+        self._pending_by_client[client] -= 1
+        if self._pending_by_client[client] <= 0:
+            del self._pending_by_client[client]
 
-    async def _run(self, stream: _Stream) -> None:
-        self._open.add(stream)
-        try:
-            if not await self._start(stream):
-                return
-            assert stream.call is not None and stream.started is not None
-            with stream.scope:
-                await self._stream_live(stream)
-        finally:
-            self._open.discard(stream)
-            self._changed.set()
-            await self._finish(stream)
+    # -- starting --------------------------------------------------------------------------
 
     async def _start(self, stream: _Stream) -> bool:
         """Wait for the carrier's ``start`` with a valid token; close 1008 otherwise."""
-        self._pending += 1
-        self._pending_by_client[stream.client] += 1
-        try:
-            with trio.move_on_after(self.config.media.start_timeout):
-                while stream.started is None:
-                    for message in await stream.carrier_ws.receive_batch():
-                        try:
-                            event = stream.protocol.parse(message.data)
-                        except ValueError:
-                            await stream.carrier_ws.close(
-                                CloseCode.POLICY_VIOLATION, "malformed message"
-                            )
-                            return False
-                        if isinstance(event, StreamStarted):
-                            stream.started = event
-                            break
-            if stream.started is None:
-                log.info(
-                    "media stream never started",
-                    extra={"provider": stream.provider, "client": stream.client},
-                )
-                await stream.carrier_ws.close(
-                    CloseCode.POLICY_VIOLATION, "no start message in time"
-                )
+        with trio.move_on_after(self.config.media.start_timeout) as waiting:
+            try:
+                started = await self._wait_for_start(stream)
+            except ConnectionClosed as closed:
+                stream.ending(f"carrier closed the stream before starting it ({closed.code})")
                 return False
-            call = self.manager.redeem_token(stream.started.token)
-            if (
-                call is None
-                or call.provider != stream.provider
-                or not _same_call(call, stream.started)
-            ):
-                log.info(
-                    "media stream refused: bad token",
-                    extra={"provider": stream.provider, "client": stream.client},
-                )
-                self.metrics.streams_refused.inc(reason="token")
-                await stream.carrier_ws.close(CloseCode.POLICY_VIOLATION, "invalid stream token")
-                return False
-        finally:
-            self._pending -= 1
-            self._pending_by_client[stream.client] -= 1
-            if self._pending_by_client[stream.client] <= 0:
-                del self._pending_by_client[stream.client]
+        if waiting.cancelled_caught:
+            return await self._refuse_stream(stream, "start-timeout", "no start message in time")
+        if started is None:
+            return await self._refuse_stream(stream, "malformed", "malformed message")
+        stream.started = started
+        call = self.manager.redeem_token(started.token)
+        if call is None or call.provider != stream.provider or not _same_call(call, started):
+            return await self._refuse_stream(stream, "token", "invalid stream token")
         stream.call = call
-        previous = self._current.get(call.id)
-        if previous is not None:  # a new stream for the call supersedes the old one
-            previous.superseded = True
-            previous.stop_reason = "superseded"
+        self._became_started(stream)
+        return True
+
+    async def _wait_for_start(self, stream: _Stream) -> StreamStarted | None:
+        """The ``start`` message (messages before it are ignored); ``None`` if one is malformed.
+
+        Whatever came in the same batch after it is kept for the live loop.
+        """
+        while True:
+            batch = await stream.carrier_ws.receive_batch()
+            for index, (data, _) in enumerate(batch):
+                try:
+                    event = stream.protocol.parse(data)
+                except ValueError:
+                    return None
+                if isinstance(event, StreamStarted):
+                    stream.backlog = batch[index + 1 :]
+                    return event
+
+    async def _refuse_stream(self, stream: _Stream, reason: str, why: str) -> bool:
+        self.metrics.streams_refused.inc(reason=reason)
+        log.info(
+            "media stream refused",
+            extra={"provider": stream.provider, "client": stream.client, "why": why},
+        )
+        stream.ending(why, CloseCode.POLICY_VIOLATION)
+        await stream.carrier_ws.close(CloseCode.POLICY_VIOLATION, why)
+        return False
+
+    def _became_started(self, stream: _Stream) -> None:
+        """The stream is the call's now: no longer pending, and any older one superseded."""
+        assert stream.call is not None
+        self._unpend(stream.client)
+        stream.pending = False
+        call_id = stream.call.id
+        previous = self._current.get(call_id)
+        if previous is not None:
+            previous.ending("superseded by a new stream")
+            previous.starts_grace = False
             previous.scope.cancel()
-        self._current[call.id] = stream
-        self.manager.stream_back(call.id)
+        self._current[call_id] = stream
+        self.manager.stream_back(call_id)
+
+    # -- a live stream ---------------------------------------------------------------------
+
+    async def _live(self, stream: _Stream) -> None:
+        call, started = stream.call, stream.started
+        assert call is not None and started is not None
         await self.manager.set_state(call.id, State.ACTIVE)
         await self.manager.record(
-            call.id, EventType.STREAM_STARTED, {"stream_id": stream.started.stream_id}
+            call.id, EventType.STREAM_STARTED, {"stream_id": started.stream_id}
         )
         log.info(
             "media stream started",
-            extra={"call_id": call.id, "stream_id": stream.started.stream_id},
+            extra={"call_id": call.id, "provider": stream.provider, "stream_id": started.stream_id},
         )
-        return True
-
-    async def _stream_live(self, stream: _Stream) -> None:
-        assert stream.call is not None and stream.started is not None
-        bridge_url = str(stream.call.metadata.get("bridge_url") or self.config.media.bridge_url)
+        bridge_url = str(call.metadata.get("bridge_url") or self.config.media.bridge_url)
         if not bridge_url:
-            await self._carrier_loop(stream, None)
+            await self._carrier_loop(stream, None, None)
             return
         encoding = self.config.media.bridge_encoding
+        bridge_format = BRIDGE_FORMATS[encoding]
+        carrier_format = (started.encoding, started.sample_rate)
         try:
+            to_app = Transcoder(carrier_format, bridge_format)
+            to_carrier = Transcoder(bridge_format, PLAYBACK)
             stream.bridge = await connect(bridge_url)
         except (OSError, HandshakeError, trio.TooSlowError, ValueError) as error:
             log.warning(
                 "bridge failed to connect; ending the call",
-                extra={"call_id": stream.call.id, "url": bridge_url, "error": str(error)},
+                extra={"call_id": call.id, "url": bridge_url, "error": str(error)},
             )
-            stream.stop_reason = "bridge failed"
-            await self.manager.end_call(stream.call.id, EndReason.ERROR)
+            stream.ending("bridge failed to connect")
+            await self.manager.end_call(call.id, EndReason.ERROR)
             return
-        bridge_format = BRIDGE_FORMATS[encoding]
-        to_app = Transcoder((stream.started.encoding, stream.started.sample_rate), bridge_format)
-        to_carrier = Transcoder(
-            bridge_format, (stream.started.encoding, stream.started.sample_rate)
-        )
         start = {
             "type": "start",
-            "call": stream.call.to_json(),
+            "call": self.manager.calls.get(call.id, call).to_json(),
             "audio": {
-                "encoding": bridge_format[0] if encoding == "mulaw" else "pcm16",
+                "encoding": bridge_format[0],
                 "sample_rate": bridge_format[1],
                 "channels": 1,
                 "frame_ms": FRAME_MS,
             },
         }
-        stream.bridge.send_text(orjson.dumps(start))
+        _send_text(stream.bridge, start)  # if the bridge closed already, its loop will see it
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._bridge_loop, stream, to_carrier, nursery.cancel_scope)
-            await self._carrier_loop(stream, to_app)
+            nursery.start_soon(self._bridge_loop, stream, stream.bridge, to_carrier)
+            await self._carrier_loop(stream, stream.bridge, to_app)
             nursery.cancel_scope.cancel()
 
-    async def _carrier_loop(self, stream: _Stream, to_app: Transcoder | None) -> None:
-        """Carrier → app: the hot path. Returns when the carrier's stream ends."""
-        carrier_ws, protocol, bridge = stream.carrier_ws, stream.protocol, stream.bridge
-        assert stream.call is not None
-        call_id = stream.call.id
+    async def _carrier_loop(
+        self, stream: _Stream, bridge: WebSocket | None, to_app: Transcoder | None
+    ) -> None:
+        """Carrier → app: the hot path. Returns when the carrier's stream ends.
+
+        Per frame: parse, convert (nothing for the usual μ-law to μ-law), one synchronous send;
+        counts are kept in locals and folded into the stream every :data:`FLUSH_EVERY` frames.
+        """
+        receive, parse = stream.carrier_ws.receive_batch, stream.protocol.parse
+        convert = None if to_app is None or to_app.identity else to_app
+        send = bridge.send_binary if bridge is not None else None
+        batch, frames, dropped = stream.backlog, 0, 0
         try:
             while True:
-                for message in await carrier_ws.receive_batch():
-                    event = protocol.parse(message.data)
-                    if isinstance(event, StreamAudio):
-                        stream.frames_in += 1
-                        if (
-                            bridge is not None
-                            and to_app is not None
-                            and not bridge.send_binary(to_app(event.audio))
-                        ):
-                            stream.dropped_in += 1
-                    elif isinstance(event, StreamDtmf):
-                        await self.manager.record(call_id, EventType.DTMF, {"digit": event.digit})
-                        if bridge is not None:
-                            bridge.send_text(orjson.dumps({"type": "dtmf", "digit": event.digit}))
-                    elif isinstance(event, StreamMark):
-                        if bridge is not None:
-                            bridge.send_text(orjson.dumps({"type": "mark", "name": event.name}))
-                    elif isinstance(event, StreamStopped):
-                        stream.stop_reason = "carrier stopped the stream"
+                for data, _ in batch:
+                    event = parse(data)
+                    if type(event) is StreamAudio:
+                        frames += 1
+                        if send is None:
+                            continue
+                        try:
+                            if not send(event.audio if convert is None else convert(event.audio)):
+                                dropped += 1
+                        except ConnectionClosed:  # the bridge loop sees it and ends the call
+                            dropped += 1
+                    elif await self._carrier_event(stream, bridge, event):
                         return
+                if frames >= FLUSH_EVERY or dropped:
+                    stream.frames_in += frames
+                    stream.dropped_in += dropped
+                    frames = dropped = 0
+                    self._count(stream)
+                try:
+                    batch = await receive()
+                except ConnectionClosed as closed:
+                    stream.ending(f"carrier closed the stream ({closed.code})")
+                    return
         except ValueError as malformed:
             log.info(
                 "malformed carrier media message; closing",
-                extra={"call_id": call_id, "error": str(malformed)},
+                extra={"provider": stream.provider, "error": str(malformed)},
             )
-            stream.close_code = CloseCode.POLICY_VIOLATION
-        except ConnectionClosed:
-            stream.stop_reason = "carrier closed the stream"
+            stream.ending("malformed carrier message", CloseCode.POLICY_VIOLATION)
+        finally:
+            stream.frames_in += frames
+            stream.dropped_in += dropped
+
+    async def _carrier_event(
+        self, stream: _Stream, bridge: WebSocket | None, event: StreamEvent
+    ) -> bool:
+        """Anything from the carrier but audio; True when the stream is over."""
+        assert stream.call is not None
+        if isinstance(event, StreamStopped):
+            stream.ending("carrier stopped the stream")
+            return True
+        if isinstance(event, StreamDtmf):
+            _send_text(bridge, {"type": "dtmf", "digit": event.digit})
+            await self.manager.record(stream.call.id, EventType.DTMF, {"digit": event.digit})
+        elif isinstance(event, StreamMark):
+            _send_text(bridge, {"type": "mark", "name": event.name})
+        return False
 
     async def _bridge_loop(
-        self, stream: _Stream, to_carrier: Transcoder, scope: trio.CancelScope
+        self, stream: _Stream, bridge: WebSocket, to_carrier: Transcoder
     ) -> None:
-        """App → carrier. A bridge that closes or fails ends the call."""
-        bridge, carrier_ws, protocol = stream.bridge, stream.carrier_ws, stream.protocol
-        assert bridge is not None and stream.call is not None and stream.started is not None
-        stream_id, call_id = stream.started.stream_id, stream.call.id
+        """App → carrier. Ends the call when the bridge closes (or hangs up)."""
+        assert stream.call is not None and stream.started is not None
+        call_id, stream_id = stream.call.id, stream.started.stream_id
+        media, send = stream.protocol.media, stream.carrier_ws.send_text
+        convert = None if to_carrier.identity else to_carrier
+        frames = dropped = 0
         try:
             while True:
-                for message in await bridge.receive_batch():
-                    if not message.is_text:
-                        stream.frames_out += 1
-                        if not carrier_ws.send_text(
-                            protocol.media(stream_id, to_carrier(message.data))
-                        ):
-                            stream.dropped_out += 1
+                try:
+                    batch = await bridge.receive_batch()
+                except ConnectionClosed as closed:
+                    log.warning(
+                        "bridge closed; ending the call",
+                        extra={"call_id": call_id, "code": closed.code, "reason": closed.reason},
+                    )
+                    stream.ending("bridge closed")
+                    await self.manager.end_call(call_id, EndReason.ERROR)
+                    return
+                if len(batch) > 1 and (cleared := _cleared(batch)):
+                    # audio before a clear is dropped here: the carrier would drop it anyway
+                    frames += sum(1 for _, is_text in batch[:cleared] if not is_text)
+                    for data, is_text in batch[:cleared]:
+                        if is_text and await self._app_command(stream, data):
+                            return
+                    batch = batch[cleared:]
+                for data, is_text in batch:
+                    if is_text:
+                        if await self._app_command(stream, data):
+                            return
                         continue
-                    command = _command(message.data)
-                    kind = command.get("type")
-                    if kind == "clear":
-                        carrier_ws.send_text(protocol.clear(stream_id))
-                    elif kind == "mark" and isinstance(command.get("name"), str):
-                        carrier_ws.send_text(protocol.mark(stream_id, command["name"]))
-                    elif kind == "hangup":
-                        stream.stop_reason = "application hung up"
-                        await self.manager.end_call(call_id, EndReason.HANGUP_BOT)
+                    frames += 1
+                    try:
+                        audio = data if convert is None else convert(data)
+                    except ValueError as error:
+                        await self._bad_audio(stream, bridge, str(error))
                         return
-        except ConnectionClosed as closed:
-            if stream.call.id in self.manager.calls and not stream.superseded:
-                log.warning(
-                    "bridge closed; ending the call",
-                    extra={"call_id": call_id, "code": closed.code},
-                )
-                stream.stop_reason = "bridge closed"
-                await self.manager.end_call(call_id, EndReason.ERROR)
-        scope.cancel()
+                    try:
+                        if not send(media(stream_id, audio)):
+                            dropped += 1
+                    except ConnectionClosed:  # the carrier loop sees it and ends the stream
+                        dropped += 1
+                if frames >= FLUSH_EVERY or dropped:
+                    stream.frames_out += frames
+                    stream.dropped_out += dropped
+                    frames = dropped = 0
+                    self._count(stream)
+        finally:
+            stream.frames_out += frames
+            stream.dropped_out += dropped
+
+    def _to_carrier(self, stream: _Stream, message: bytes) -> None:
+        """A control message to the carrier (a full buffer drops it, like audio)."""
+        try:
+            if not stream.carrier_ws.send_text(message):
+                stream.dropped_out += 1
+        except ConnectionClosed:
+            stream.dropped_out += 1
+
+    async def _app_command(self, stream: _Stream, data: bytes) -> bool:
+        """One text message from the app; True when the call is over."""
+        assert stream.call is not None and stream.started is not None
+        command = _command(data)
+        kind = command.get("type")
+        stream_id, protocol = stream.started.stream_id, stream.protocol
+        if kind == "clear":
+            self._to_carrier(stream, protocol.clear(stream_id))
+        elif kind == "mark" and _mark_name(command.get("name")):
+            self._to_carrier(stream, protocol.mark(stream_id, command["name"]))
+        elif kind == "hangup":
+            stream.ending("the application hung up")
+            await self.manager.end_call(stream.call.id, EndReason.HANGUP_BOT)
+            return True
+        return False
+
+    async def _bad_audio(self, stream: _Stream, bridge: WebSocket, why: str) -> None:
+        assert stream.call is not None
+        log.warning(
+            "bridge sent audio that is not whole samples; ending the call",
+            extra={"call_id": stream.call.id, "error": why},
+        )
+        stream.ending("bridge sent invalid audio")
+        await bridge.close(CloseCode.INVALID_DATA, "audio must be whole samples")
+        await self.manager.end_call(stream.call.id, EndReason.ERROR)
+
+    # -- the end of a stream -----------------------------------------------------------------
 
     async def _finish(self, stream: _Stream) -> None:
-        """After a stream: tell the app, count, and let the manager start the grace period."""
-        call = stream.call
+        """After a stream (shielded): count it, tell the app ``stop``, let the manager start
+        the grace period, then close both websockets and record the end, side by side."""
         self._count(stream)
+        stream.ending("stream ended")
+        reason = stream.stop_reason
         if stream.bridge is not None:
-            with contextlib.suppress(ConnectionClosed):
-                stop = {"type": "stop", "reason": stream.stop_reason}
-                stream.bridge.send_text(orjson.dumps(stop))
-            with trio.CancelScope(shield=True):
-                await stream.bridge.close()
-        if call is None:
-            return
-        if self._current.get(call.id) is stream:
-            del self._current[call.id]
-            if not stream.superseded:
-                self.manager.stream_gone(call.id)
-        with trio.CancelScope(shield=True):
-            await self.manager.record(
-                call.id, EventType.STREAM_STOPPED, {"reason": stream.stop_reason}
+            _send_text(stream.bridge, {"type": "stop", "reason": reason})
+        call = stream.call
+        if call is not None:
+            if self._current.get(call.id) is stream:
+                del self._current[call.id]
+                if stream.starts_grace:
+                    self.manager.stream_gone(call.id)
+            log.info(
+                "media stream ended",
+                extra={
+                    "call_id": call.id,
+                    "reason": reason,
+                    "frames_in": stream.frames_in,
+                    "frames_out": stream.frames_out,
+                },
             )
-        with trio.CancelScope(shield=True):
-            await stream.carrier_ws.close(stream.close_code, stream.stop_reason[:120])
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(stream.carrier_ws.close, stream.close_code, reason[:120])
+            if stream.bridge is not None:
+                nursery.start_soon(stream.bridge.close)
+            if call is not None:
+                nursery.start_soon(self._record_end, call.id, reason)
+
+    async def _record_end(self, call_id: str, reason: str) -> None:
+        try:
+            await self.manager.record(call_id, EventType.STREAM_STOPPED, {"reason": reason})
+        except StoreError as error:  # the runtime is going down: the closes still go out
+            log.warning("stream end not recorded", extra={"call_id": call_id, "error": str(error)})
 
     def _count(self, stream: _Stream) -> None:
-        metrics = self.metrics
-        metrics.media_frames.inc(stream.frames_in, direction="in")
-        metrics.media_frames.inc(stream.frames_out, direction="out")
-        if stream.dropped_in:
-            metrics.media_dropped.inc(stream.dropped_in, direction="in")
-        if stream.dropped_out:
-            metrics.media_dropped.inc(stream.dropped_out, direction="out")
+        """Add what a stream forwarded and dropped since the last time to ``/metrics``."""
+        now = (stream.frames_in, stream.frames_out, stream.dropped_in, stream.dropped_out)
+        frames_in, frames_out, dropped_in, dropped_out = (
+            a - b for a, b in zip(now, stream.counted, strict=True)
+        )
+        stream.counted = now
+        if frames_in:
+            self.metrics.media_frames.inc(frames_in, direction="in")
+        if frames_out:
+            self.metrics.media_frames.inc(frames_out, direction="out")
+        if dropped_in:
+            self.metrics.media_dropped.inc(dropped_in, direction="in")
+        if dropped_out:
+            self.metrics.media_dropped.inc(dropped_out, direction="out")
 
-    # -- endings -----------------------------------------------------------------------------
+    # -- endings from elsewhere ----------------------------------------------------------------
 
     def _call_ended(self, call: Call) -> None:
         stream = self._current.get(call.id)
         if stream is not None:
-            stream.stop_reason = f"call ended ({call.end_reason})"
+            stream.ending(f"call ended ({call.end_reason})")
             stream.scope.cancel()
 
     async def drain(self, timeout: float) -> None:
-        """SIGTERM: let live streams run up to ``timeout`` seconds, then close them with 1001."""
+        """SIGTERM: let streams run up to ``timeout`` seconds, then close them with 1001.
+
+        The calls go on: shutting down is not their streams going away.
+        """
         with trio.move_on_after(timeout):
             while self._open:
                 self._changed = trio.Event()
                 await self._changed.wait()
+        self._shutting_down = True
         for stream in list(self._open):
-            stream.close_code = CloseCode.GOING_AWAY
-            stream.stop_reason = "voicecalld is shutting down"
-            stream.superseded = True  # shutting down is not the stream going away
+            _going_away(stream)
             stream.scope.cancel()
+        while self._open:
+            self._changed = trio.Event()
+            await self._changed.wait()
+
+
+def _going_away(stream: _Stream) -> None:
+    stream.ending("voicecalld is shutting down", CloseCode.GOING_AWAY)
+    stream.starts_grace = False
+
+
+def _refusal(refused: HandshakeError | _Refused) -> tuple[int, str]:
+    if isinstance(refused, HandshakeError):
+        return refused.status, refused.message
+    return refused.status, str(refused)
 
 
 def _same_call(call: Call, started: StreamStarted) -> bool:
@@ -431,12 +608,18 @@ def _same_call(call: Call, started: StreamStarted) -> bool:
     return (
         not started.provider_call_id
         or not call.provider_call_id
-        or started.provider_call_id
-        in (
-            call.provider_call_id,
-            call.metadata.get("request_id"),
-        )
+        or started.provider_call_id in (call.provider_call_id, call.metadata.get("request_id"))
     )
+
+
+def _cleared(batch: list[Message]) -> int:
+    """The index of the last ``clear`` in ``batch`` (0 if none): audio before it is dropped
+    here, since the carrier would drop it on the clear anyway."""
+    for index in range(len(batch) - 1, 0, -1):
+        data, is_text = batch[index]
+        if is_text and _command(data).get("type") == "clear":
+            return index
+    return 0
 
 
 def _command(data: bytes) -> dict[str, Any]:
@@ -447,7 +630,22 @@ def _command(data: bytes) -> dict[str, Any]:
     return command if isinstance(command, dict) else {}
 
 
-def _within(address: str, networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
+def _mark_name(name: object) -> bool:
+    return isinstance(name, str) and 0 < len(name) <= MAX_MARK_NAME
+
+
+def _send_text(ws: WebSocket | None, message: dict[str, Any]) -> None:
+    """A control message to the app, if there is one and it is still open."""
+    if ws is not None:
+        with contextlib.suppress(ConnectionClosed):
+            ws.send_text(orjson.dumps(message))
+
+
+def _networks(config: Config) -> Networks:
+    return [ipaddress.ip_network(p, strict=False) for p in config.server.trusted_proxies]
+
+
+def _within(address: str, networks: Networks) -> bool:
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:

@@ -1,0 +1,453 @@
+"""Helpers for the media-stream tests: the daemon with every carrier, a bridge app, websockets.
+
+Everything runs over real loopback sockets: the daemon of :mod:`voicecalld.testing` (webhooks
+and ``/media/{provider}`` on one port), the carrier simulator's REST surface for the hang-ups it
+owes, and a :class:`BridgeApp` standing in for the application at ``media.bridge_url``. Carrier
+streams are opened with voicecalld's own websocket client (its codec is tested against wsproto
+and trio-websocket in ``test_websocket.py`` and ``test_connection.py``).
+
+A :class:`Peer` reads one message at a time; every wait is bounded (``WAIT`` seconds) so a
+missing message fails the test instead of hanging it. Every websocket a test opens is closed
+when its :class:`Rig` ends: a socket left to the garbage collector is a ResourceWarning.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import socket
+import time
+import xml.etree.ElementTree as ET
+from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, Final
+
+import attrs
+import orjson
+import trio
+from nacl.signing import SigningKey
+from plivo.utils.signature_v3 import construct_post_url, get_signature_v3
+from twilio.request_validator import RequestValidator
+
+from tests.carriers.helpers import sample
+from tests.support import free_port, wait_until
+from voicecalld.calls.model import Call
+from voicecalld.carriers import mock
+from voicecalld.carriers.telnyx.wire import decode_client_state
+from voicecalld.media.connection import ConnectionClosed, WebSocket, accept, connect, refuse
+from voicecalld.media.handshake import (
+    HandshakeError,
+    client_request,
+    head_length,
+    new_key,
+    parse_request,
+)
+from voicecalld.media.websocket import Codec, Message, Role
+from voicecalld.sim.rest import FakeCarriers, RecordedRequest, serve_fake_carriers
+from voicecalld.sim.state import SimCall, SimStatus
+from voicecalld.testing import Daemon, make_config, running
+
+WAIT: Final = 5.0
+"""Seconds any one expected message may take before the test fails. Under an autojump clock,
+waits that span a timer pass ``within=math.inf``: the clock jumps to the nearest deadline
+whenever the daemon waits for its store's thread, and a test's own deadline must not be it."""
+API_TOKEN: Final = "test-token"
+"""``make_config``'s API token: also the mock carrier's webhook secret."""
+
+
+class Peer:
+    """One end of a websocket, read one message at a time."""
+
+    def __init__(self, ws: WebSocket) -> None:
+        self.ws = ws
+        self._pending: deque[Message] = deque()
+
+    async def receive(self, within: float = WAIT) -> Message:
+        with trio.fail_after(within):
+            while not self._pending:
+                self._pending.extend(await self.ws.receive_batch())
+        return self._pending.popleft()
+
+    async def json(self, within: float = WAIT) -> dict[str, Any]:
+        """The next message, which must be text JSON."""
+        message = await self.receive(within)
+        assert message.is_text, f"expected text, got {message!r:.80}"
+        decoded = orjson.loads(message.data)
+        assert isinstance(decoded, dict)
+        return decoded
+
+    async def binary(self, within: float = WAIT) -> bytes:
+        message = await self.receive(within)
+        assert not message.is_text, f"expected binary, got {message!r:.80}"
+        return message.data
+
+    async def closed(self, within: float = WAIT) -> tuple[ConnectionClosed, list[Message]]:
+        """Read until the websocket closes: the close, and every message not read before it."""
+        messages = list(self._pending)
+        self._pending.clear()
+        with trio.fail_after(within):
+            try:
+                while True:
+                    messages += await self.ws.receive_batch()
+            except ConnectionClosed as closed:
+                return closed, messages
+
+    def send_json(self, value: dict[str, Any]) -> None:
+        assert self.ws.send_text(orjson.dumps(value))
+
+    def send_binary(self, data: bytes) -> None:
+        assert self.ws.send_binary(data)
+
+
+class BridgeApp:
+    """The application at ``media.bridge_url``: a websocket server on 127.0.0.1, port 0.
+
+    Each connection voicecalld opens arrives as a :class:`Peer` from :meth:`next`; the upgrade
+    requests are kept in :attr:`paths`. With :attr:`refusing` set, upgrades get a 503.
+    """
+
+    def __init__(self, listener: trio.SocketListener) -> None:
+        self.listener = listener
+        self.port: int = listener.socket.getsockname()[1]
+        self.paths: list[str] = []
+        self.refusing = False
+        self.peers: list[Peer] = []
+        self._send, self._receive = trio.open_memory_channel[Peer](64)
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/bridge"
+
+    @classmethod
+    async def serve(cls, nursery: trio.Nursery) -> BridgeApp:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        app = cls(listeners[0])
+        await nursery.start(trio.serve_listeners, app._on_connection, listeners)
+        return app
+
+    def shrink_receive_buffer(self, size: int) -> None:
+        """Connections accepted from now on start with a receive buffer this small."""
+        self.listener.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+
+    async def _on_connection(self, stream: trio.SocketStream) -> None:
+        received = b""
+        while (length := head_length(received)) is None:
+            data = await stream.receive_some(4096)
+            if not data:
+                await stream.aclose()
+                return
+            received += data
+        try:
+            request = parse_request(received[:length])
+        except HandshakeError as refused:
+            await refuse(stream, refused.status, refused.message)
+            return
+        self.paths.append(request.path)
+        if self.refusing:
+            await refuse(stream, 503, "not now")
+            return
+        peer = Peer(await accept(stream, request, received[length:], close_timeout=1.0))
+        self.peers.append(peer)
+        await self._send.send(peer)
+
+    async def next(self, within: float = WAIT) -> Peer:
+        """The next connection voicecalld opens to the app."""
+        with trio.fail_after(within):
+            return await self._receive.receive()
+
+    def nothing_pending(self) -> bool:
+        """Whether no connection came in that :meth:`next` has not returned."""
+        return self._receive.statistics().current_buffer_used == 0
+
+
+@attrs.define
+class Rig:
+    """The daemon (every carrier enabled, against the simulator) and its bridge app."""
+
+    daemon: Daemon
+    sim: FakeCarriers
+    app: BridgeApp
+    port: int
+    logged: _Records
+    carriers: list[Peer] = attrs.Factory(list)
+    raw: list[trio.SocketStream] = attrs.Factory(list)
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    # -- calls and their stream tokens, from each carrier's webhook answer ---------------------
+
+    async def mock_call(self, sid: str = "MK1") -> tuple[str, str]:
+        """An inbound mock call: its call id and the stream token of the webhook answer."""
+        body = orjson.dumps(
+            {"event": "initiated", "call_sid": sid, "from": "+14155550100", "to": "+14155550199"}
+        )
+        response = await self.daemon.api.post(
+            f"{self.base}/webhooks/mock",
+            content=body,
+            headers={"X-Mock-Signature": mock.sign(API_TOKEN, body)},
+        )
+        assert response.status_code == 200, response.text
+        answer = response.json()
+        assert answer["reply"] == "stream"
+        return self.call_of("mock", sid).id, str(answer["token"])
+
+    async def twilio_call(self, sid: str) -> tuple[str, str]:
+        """An inbound Twilio call, signed as Twilio signs: the token of its TwiML answer."""
+        url = f"{self.base}/webhooks/twilio"
+        params = {
+            "AccountSid": self.sim.accounts.twilio_account_sid,
+            "ApiVersion": "2010-04-01",
+            "CallSid": sid,
+            "CallStatus": "ringing",
+            "Direction": "inbound",
+            "From": "+14155550100",
+            "To": "+14155550199",
+        }
+        validator = RequestValidator(self.sim.accounts.twilio_auth_token)
+        response = await self.daemon.api.post(
+            url,
+            data=params,
+            headers={"X-Twilio-Signature": validator.compute_signature(url, params)},
+        )
+        assert response.status_code == 200, response.text
+        stream = ET.fromstring(response.text).find("./Connect/Stream")
+        assert (
+            stream is not None and stream.get("url") == f"ws://127.0.0.1:{self.port}/media/twilio"
+        )
+        parameters = {p.get("name"): p.get("value") for p in stream.findall("Parameter")}
+        return self.call_of("twilio", sid).id, str(parameters["token"])
+
+    async def plivo_call(self, uuid: str) -> tuple[str, str]:
+        """An inbound Plivo call, signed V3: the token of its ``<Stream extraHeaders>``."""
+        url = f"{self.base}/webhooks/plivo"
+        params = {
+            "CallUUID": uuid,
+            "From": "14155550100",
+            "To": "14155550199",
+            "CallStatus": "ringing",
+            "Direction": "inbound",
+            "Event": "StartApp",
+        }
+        nonce = "12345678901234567890"
+        token = self.sim.accounts.plivo_auth_token
+        signature = get_signature_v3(token, construct_post_url(url, params), nonce).decode()
+        response = await self.daemon.api.post(
+            url,
+            data=params,
+            headers={"X-Plivo-Signature-V3": signature, "X-Plivo-Signature-V3-Nonce": nonce},
+        )
+        assert response.status_code == 200, response.text
+        stream = ET.fromstring(response.text).find("./Stream")
+        assert stream is not None
+        assert stream.text == f"ws://127.0.0.1:{self.port}/media/plivo"
+        headers = dict(
+            pair.split("=", 1)
+            for pair in str(stream.get("extraHeaders")).replace(";", ",").split(",")
+        )
+        return self.call_of("plivo", uuid).id, headers["token"]
+
+    async def telnyx_call(self, call_control_id: str) -> tuple[str, str]:
+        """An inbound Telnyx call, signed Ed25519: voicecalld answers it through REST with the
+        stream, and the token travels in the answer's ``client_state``."""
+        simulated = SimCall(
+            carrier="telnyx",
+            carrier_id=call_control_id,
+            from_number="+14155550100",
+            to="+14155550199",
+            direction="inbound",
+        )
+        simulated.set_status(SimStatus.RINGING)
+        self.sim.calls[call_control_id] = simulated  # so that the answer finds it
+        body = orjson.dumps(
+            {
+                "data": {
+                    "record_type": "event",
+                    "event_type": "call.initiated",
+                    "id": f"evt-{call_control_id}",
+                    "occurred_at": "2026-01-01T00:00:00.000000Z",
+                    "payload": {
+                        "call_control_id": call_control_id,
+                        "call_leg_id": "428c31b6-7af4-4bcb-b7f5-5013ef9657c1",
+                        "call_session_id": "428c31b6-abf3-3bc1-b7f4-5013ef9657c1",
+                        "connection_id": "1684641123236054244",
+                        "direction": "incoming",
+                        "from": "+14155550100",
+                        "to": "+14155550199",
+                        "state": "parked",
+                    },
+                },
+                "meta": {"attempt": 1},
+            }
+        )
+        timestamp = str(int(time.time()))
+        signed = SigningKey(self.sim.accounts.telnyx_signing_seed).sign(
+            timestamp.encode() + b"|" + body
+        )
+        headers = {
+            "telnyx-signature-ed25519": base64.b64encode(signed.signature).decode(),
+            "telnyx-timestamp": timestamp,
+            "content-type": "application/json",
+        }
+        response = await self.daemon.api.post(
+            f"{self.base}/webhooks/telnyx", content=body, headers=headers
+        )
+        assert response.status_code == 200, response.text
+
+        def answers() -> list[RecordedRequest]:
+            return [r for r in self.sim.requests if r.path.endswith("/actions/answer")]
+
+        await wait_until(answers)
+        answer = orjson.loads(answers()[-1].body)
+        assert answer["stream_url"] == f"ws://127.0.0.1:{self.port}/media/telnyx"
+        state = decode_client_state(answer["client_state"])
+        assert state.token
+        return self.call_of("telnyx", call_control_id).id, state.token
+
+    def call_of(self, provider: str, provider_call_id: str) -> Call:
+        manager = self.daemon.manager
+        return next(
+            call
+            for call in [*manager.calls.values()]
+            if call.provider == provider and call.provider_call_id == provider_call_id
+        )
+
+    # -- streams -------------------------------------------------------------------------------
+
+    async def carrier(self, provider: str, headers: tuple[tuple[str, str], ...] = ()) -> Peer:
+        """A carrier's websocket to ``/media/{provider}`` (closed when the rig ends)."""
+        ws = await connect(
+            f"ws://127.0.0.1:{self.port}/media/{provider}", headers=headers, close_timeout=1.0
+        )
+        peer = Peer(ws)
+        self.carriers.append(peer)
+        return peer
+
+    async def carrier_in_one_write(
+        self, provider: str, messages: list[bytes], *, receive_buffer: int = 0
+    ) -> trio.SocketStream:
+        """A carrier that sends its upgrade request and ``messages`` in one write, so that the
+        daemon reads them together (the rig closes the connection). With ``receive_buffer``,
+        its socket's receive buffer is that small from the start."""
+        sock = trio.socket.socket()
+        if receive_buffer:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        await sock.connect(("127.0.0.1", self.port))
+        stream = trio.SocketStream(sock)
+        self.raw.append(stream)
+        codec = Codec(Role.CLIENT)
+        request = client_request(f"127.0.0.1:{self.port}", f"/media/{provider}", new_key())
+        await stream.send_all(request + b"".join(codec.text(m) for m in messages))
+        return stream
+
+    async def events(self, call_id: str, *, within: float = WAIT) -> list[dict[str, Any]]:
+        """The call's stored events (type, data and the call's state), once a
+        ``stream.stopped`` is among them: a stream's end is recorded while its websockets
+        close, so it may come after the close a test saw."""
+        with trio.fail_after(within):
+            while True:
+                stored = await self.daemon.manager.store.events_after(0, 1000)
+                events = [
+                    {"type": e.type.value, **e.data, "state": e.call.state.value}
+                    for e in stored
+                    if e.call.id == call_id
+                ]
+                if any(event["type"] == "stream.stopped" for event in events):
+                    return events
+                await trio.sleep(0.01)
+
+    def warned(self, message: str) -> bool:
+        """Whether the daemon logged ``message`` as a warning (or worse) so far."""
+        return any(record.getMessage() == message for record in self.logged.records)
+
+    def counter(self, name: str, **labels: str) -> float:
+        """A counter of the daemon's ``/metrics``, read in process (``media_dropped``...)."""
+        metric = getattr(self.daemon.runtime.metrics, name)
+        value: float = metric.get(**labels)
+        return value
+
+    async def metrics(self) -> str:
+        response = await self.daemon.api.get(f"{self.base}/metrics")
+        assert response.status_code == 200
+        return response.text
+
+
+@asynccontextmanager
+async def media_rig(tmp_path: Path, **sections: dict[str, Any]) -> AsyncIterator[Rig]:
+    """The daemon with the mock, Twilio, Plivo and Telnyx carriers and a bridge app at
+    ``media.bridge_url`` (unless the ``media`` section says otherwise). Inbound calls are
+    admitted; ``sections`` are merged over that configuration.
+
+    Nothing may log an error meanwhile (the front door logs any exception that escapes a
+    connection's handler as one): the rig fails the test if anything did.
+    """
+    logged = _Records()
+    logging.getLogger("voicecalld").addHandler(logged)
+    try:
+        async with _media_rig(tmp_path, sections, logged) as rig:
+            yield rig
+    finally:
+        logging.getLogger("voicecalld").removeHandler(logged)
+    errors = [r.getMessage() for r in logged.records if r.levelno >= logging.ERROR]
+    assert not errors, errors
+
+
+class _Records(logging.Handler):
+    """Warnings and errors of the ``voicecalld`` loggers, kept on the logger itself (so it
+    does not matter whether another test configured them not to propagate)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@asynccontextmanager
+async def _media_rig(
+    tmp_path: Path, sections: dict[str, Any], logged: _Records
+) -> AsyncIterator[Rig]:
+    port = free_port()
+    async with serve_fake_carriers() as sim, trio.open_nursery() as nursery:
+        app = await BridgeApp.serve(nursery)
+        document: dict[str, dict[str, Any]] = {
+            "server": {"port": port, "public_url": f"http://127.0.0.1:{port}"},
+            "calls": {"inbound_policy": "open", "max_concurrent": 100},
+            "media": {"bridge_url": app.url},
+            "runtime": {"drain_timeout": 0.0},
+            "providers": {
+                "twilio": attrs.asdict(sim.twilio_config()),
+                "plivo": attrs.asdict(sim.plivo_config()),
+                "telnyx": attrs.asdict(sim.telnyx_config()),
+            },
+        }
+        for name, table in sections.items():
+            document[name] = {**document.get(name, {}), **table}
+        async with running(make_config(tmp_path, document)) as daemon:
+            rig = Rig(daemon, sim, app, port, logged)
+            try:
+                yield rig
+            finally:
+                # Closed while the daemon runs (it answers close frames at once: a test peer
+                # that nobody reads would make the daemon wait out its close timeout).
+                with trio.CancelScope(shield=True):
+                    async with trio.open_nursery() as closing:
+                        for peer in [*rig.carriers, *app.peers]:
+                            closing.start_soon(peer.ws.close)
+                    for stream in rig.raw:
+                        await stream.aclose()
+        nursery.cancel_scope.cancel()
+
+
+def carrier_message(carrier: str, name: str, changes: dict[str, str] | None = None) -> bytes:
+    """A documented stream message of ``carrier`` (tests/carriers/samples), each ``old`` string
+    of ``changes`` replaced by its ``new`` one (each must occur)."""
+    message = sample(f"{carrier}/stream/{name}.json")
+    for old, new in (changes or {}).items():
+        assert old.encode() in message, f"{old!r} not in {message!r:.120}"
+        message = message.replace(old.encode(), new.encode())
+    return message

@@ -1,0 +1,139 @@
+"""The media timers, on trio's mock clock: ``start_timeout``, ``stream_grace``, draining.
+
+The daemon starts with the clock frozen (its start-up waits for threads, and an autojump clock
+would jump over them to the nearest deadline); each test sets the call up the same way, then
+lets the clock jump (``autojump_threshold = 0``) for the wait that spans the timer. A wait that
+may see the daemon's store thread at work passes ``within=math.inf``: the clock jumps to the
+nearest deadline whenever the loop is idle, and a test's own deadline must never be it.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import trio
+import trio.testing
+from trio.testing import MockClock
+
+from tests.media.support import Peer, Rig, carrier_message, media_rig
+from voicecalld.calls.model import Call, EndReason
+from voicecalld.media.websocket import CloseCode
+
+SID = "CA11111111111111111111111111111111"
+GRACE = 1.0
+
+
+async def started_stream(rig: Rig, token: str) -> tuple[Peer, Peer]:
+    carrier = await rig.carrier("mock")
+    carrier.ws.send_text(carrier_message("twilio", "start", {"t0k3n": token}))
+    bridge = await rig.app.next()
+    assert (await bridge.json())["type"] == "start"
+    return carrier, bridge
+
+
+def on_end(rig: Rig) -> tuple[trio.Event, list[Call]]:
+    """An event set when a call ends, and the calls that ended."""
+    ended, calls = trio.Event(), []
+
+    def hook(call: Call) -> None:
+        calls.append(call)
+        ended.set()
+
+    rig.daemon.manager.ended_hooks.append(hook)
+    return ended, calls
+
+
+async def test_a_stream_must_start_within_start_timeout(
+    tmp_path: Path, mock_clock: MockClock
+) -> None:
+    async with media_rig(tmp_path, media={"start_timeout": 2.0}) as rig:
+        carrier = await rig.carrier("mock")
+        carrier.ws.send_text(carrier_message("twilio", "connected"))  # not a start
+        mock_clock.autojump_threshold = 0
+        opened = trio.current_time()
+        closed, _ = await carrier.closed()
+        assert trio.current_time() - opened == 2.0
+        assert (closed.code, closed.reason) == (
+            CloseCode.POLICY_VIOLATION,
+            "no start message in time",
+        )
+        assert rig.counter("streams_refused", reason="start-timeout") == 1
+        await trio.testing.wait_all_tasks_blocked()  # the daemon's side of the close is done
+        assert rig.daemon.runtime.metrics.streams.collect() == {(): 0.0}
+
+
+async def test_a_lost_stream_ends_the_call_after_the_grace(
+    tmp_path: Path, mock_clock: MockClock
+) -> None:
+    async with media_rig(tmp_path, calls={"stream_grace": GRACE}) as rig:
+        call_id, token = await rig.mock_call(SID)
+        carrier, bridge = await started_stream(rig, token)
+        ended, calls = on_end(rig)
+        mock_clock.autojump_threshold = 0
+        await carrier.ws.close()
+        assert (await bridge.json(within=math.inf))["type"] == "stop"
+        await trio.sleep(GRACE * 0.9)
+        assert call_id in rig.daemon.manager.calls, "ended before the grace was over"
+        await ended.wait()
+        assert [(c.id, c.end_reason) for c in calls] == [(call_id, EndReason.STREAM_LOST)]
+
+
+async def test_a_new_stream_within_the_grace_keeps_the_call(
+    tmp_path: Path, mock_clock: MockClock
+) -> None:
+    async with media_rig(tmp_path, calls={"stream_grace": GRACE}) as rig:
+        call_id, token = await rig.mock_call(SID)
+        carrier, bridge = await started_stream(rig, token)
+        await carrier.ws.close()
+        assert (await bridge.json())["type"] == "stop"
+        # the carrier comes back with the token of a new webhook answer
+        carrier, bridge = await started_stream(rig, rig.daemon.manager.issue_token(call_id))
+        mock_clock.autojump_threshold = 0
+        await trio.sleep(GRACE * 3)
+        assert call_id in rig.daemon.manager.calls
+        carrier.ws.send_text(carrier_message("twilio", "media"))
+        assert await bridge.binary(within=math.inf) == b"\x7e" * 160
+
+
+async def test_a_new_stream_supersedes_the_old_one_and_the_call_goes_on(
+    tmp_path: Path, mock_clock: MockClock
+) -> None:
+    async with media_rig(tmp_path, calls={"stream_grace": GRACE}) as rig:
+        call_id, token = await rig.mock_call(SID)
+        old_carrier, old_bridge = await started_stream(rig, token)
+        carrier, bridge = await started_stream(rig, rig.daemon.manager.issue_token(call_id))
+        closed, _ = await old_carrier.closed()
+        assert (closed.code, closed.reason) == (CloseCode.NORMAL, "superseded by a new stream")
+        assert await old_bridge.json() == {"type": "stop", "reason": "superseded by a new stream"}
+        mock_clock.autojump_threshold = 0
+        await trio.sleep(GRACE * 3)  # the old stream's end started no grace period
+        assert call_id in rig.daemon.manager.calls
+        carrier.ws.send_text(carrier_message("twilio", "media"))
+        assert await bridge.binary(within=math.inf) == b"\x7e" * 160
+        events = [(e["type"], e.get("reason")) for e in await rig.events(call_id, within=math.inf)]
+        assert sorted(events[-3:]) == [  # the old stream's end and the new one's start race
+            ("stream.started", None),
+            ("stream.started", None),
+            ("stream.stopped", "superseded by a new stream"),
+        ]
+
+
+async def test_shutdown_drains_then_closes_streams_1001(
+    tmp_path: Path, mock_clock: MockClock
+) -> None:
+    async with media_rig(tmp_path, runtime={"drain_timeout": 3.0}) as rig:
+        call_id, token = await rig.mock_call(SID)
+        carrier, bridge = await started_stream(rig, token)
+        manager = rig.daemon.manager
+        mock_clock.autojump_threshold = 0
+        stopping = trio.current_time()
+        rig.daemon.stop()
+        closed, _ = await carrier.closed(within=math.inf)
+        assert trio.current_time() - stopping >= 3.0
+        assert (closed.code, closed.reason) == (CloseCode.GOING_AWAY, "voicecalld is shutting down")
+        assert await bridge.json(within=math.inf) == {
+            "type": "stop",
+            "reason": "voicecalld is shutting down",
+        }
+        assert call_id in manager.calls, "shutting down does not end the call"
