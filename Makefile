@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+BENCH := $(shell find bench -maxdepth 1 -type f -perm -u+x | sort)
 
 .PHONY: run test lint check bench clean
 
@@ -21,9 +22,10 @@ test: $(STAMP)
 	$(BIN)/pytest -q -n 2 $(ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
+	$(BIN)/ruff check . $(BENCH)
+	$(BIN)/ruff format --check . $(BENCH)
 	$(BIN)/mypy
+	for script in $(BENCH); do $(BIN)/mypy "$$script" || exit 1; done
 
 check: test lint
 

@@ -14,17 +14,24 @@ in-process, waits until ready, and yields a :class:`Daemon` with the base URL, a
 ``httpx.AsyncClient`` for the control API, and handles to reload, stop and inject start-up faults.
 On exit the daemon is stopped gracefully and nothing is left behind: no bound port, no thread,
 no file lock. It reads no environment (no ``LISTEN_FDS``, no ``NOTIFY_SOCKET``) unless given one.
+
+:func:`simulated` (and the ``voicecalld_sim`` pytest fixture, loaded with ``pytest_plugins =
+["voicecalld.testing"]``) runs the daemon with Twilio, Plivo and Telnyx played by the carrier
+simulator (:mod:`voicecalld.sim`), so tests place and receive calls as the carriers make them.
 """
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import attrs
 import httpx
+import pytest
 import trio
 
 from voicecalld import config as configuration
@@ -32,10 +39,22 @@ from voicecalld import statedir
 from voicecalld.calls.manager import CallManager
 from voicecalld.config import Config
 from voicecalld.runtime import Faults, Runtime
+from voicecalld.sim.player import SimulatedCall
+from voicecalld.sim.scenario import Scenario
+from voicecalld.sim.simulator import Simulator, serve_simulator
 from voicecalld.supervisor import Backoff, Supervisor
 from voicecalld.systemd import Notifier
 
-__all__ = ["Daemon", "make_config", "running"]
+__all__ = [
+    "QUICK",
+    "Daemon",
+    "SimulatedDaemon",
+    "make_config",
+    "running",
+    "simulated",
+    "simulated_config",
+    "voicecalld_sim",
+]
 
 
 def make_config(
@@ -148,3 +167,146 @@ async def running(
             supervisor.stop()
             with trio.CancelScope(shield=True):
                 await finished.wait()
+
+
+# -- the carrier simulator beside the daemon ---------------------------------------------------
+#
+# For tests that place and receive calls through Twilio, Plivo and Telnyx as they behave on the
+# wire, with no account: the daemon's carriers point at a simulator (voicecalld.sim) on loopback,
+# which answers their REST calls, sends signed webhooks and opens real media streams.
+#
+#     pytest_plugins = ["voicecalld.testing"]
+#
+#     async def test_an_inbound_call_streams(voicecalld_sim):
+#         call = voicecalld_sim.sim.inbound("twilio", from_number="+14155550100",
+#                                           to="+14155550199")
+#         await call.streaming.wait()
+#         record = await voicecalld_sim.daemon_call(call, ended=True)
+#         assert record["end_reason"] == "completed"
+
+
+QUICK = Scenario(ring=0.1, talk=1.0)
+"""The far end of a test's call: it answers at once and hangs up after a second."""
+
+
+@attrs.define
+class SimulatedDaemon:
+    """A running daemon whose carriers are a :class:`~voicecalld.sim.simulator.Simulator`."""
+
+    daemon: Daemon
+    sim: Simulator
+    config: Config
+
+    async def place(
+        self, provider: str, to: str, **fields: Any
+    ) -> tuple[dict[str, Any], SimulatedCall]:
+        """Place a call through the control API: voicecalld's record, and the simulator's side
+        of the call (its far end follows ``sim.plan(to, ...)``, else the default scenario)."""
+        response = await self.daemon.api.post(
+            "/v1/calls", json={"to": to, "provider": provider, **fields}
+        )
+        if response.status_code != 201:
+            raise RuntimeError(f"placing a call failed: {response.status_code} {response.text}")
+        record: dict[str, Any] = response.json()
+        return record, self.sim.call(record["provider_call_id"])
+
+    async def daemon_call(self, played: SimulatedCall, *, ended: bool = False) -> dict[str, Any]:
+        """voicecalld's record of a simulated call, once it has one (and once it has ended,
+        with ``ended``). Waits on the daemon's event feed: no polling."""
+        ids = {played.carrier_id} | ({played.call.request_id} - {None})
+        with self.daemon.manager.feed.subscribe() as events:
+            record = await self._find(ids)
+            while record is None or (ended and record["state"] != "ended"):
+                event = await events.receive.receive()
+                call = event.call
+                if call.provider_call_id in ids or call.metadata.get("request_id") in ids:
+                    record = call.to_json()
+            return record
+
+    async def wait_ended(self, call_id: str) -> dict[str, Any]:
+        """voicecalld's record of call ``call_id`` once it has ended."""
+        with self.daemon.manager.feed.subscribe() as events:
+            record: dict[str, Any] = (await self.daemon.api.get(f"/v1/calls/{call_id}")).json()
+            while record["state"] != "ended":
+                event = await events.receive.receive()
+                if event.call.id == call_id:
+                    record = event.call.to_json()
+            return record
+
+    async def _find(self, ids: set[str | None]) -> dict[str, Any] | None:
+        cursor: str | None = None
+        while True:
+            params = {"limit": "500", **({"cursor": cursor} if cursor else {})}
+            page = (await self.daemon.api.get("/v1/calls", params=params)).json()
+            for record in page["calls"]:
+                request_id = record["metadata"].get("request_id")
+                if record["provider_call_id"] in ids or request_id in ids:
+                    return dict(record)
+            cursor = page.get("next_cursor")
+            if not cursor:
+                return None
+
+
+def simulated_config(
+    sim: Simulator, state_dir: Path, document: Mapping[str, Any] | None = None
+) -> Config:
+    """A test config (:func:`make_config`) whose Twilio, Plivo and Telnyx are ``sim``.
+
+    The daemon listens on the port of ``sim.webhook_base`` (its ``public_url``), takes inbound
+    calls from anyone and drains in a second; ``document`` is merged over that, table by table.
+    """
+    port = urlsplit(sim.webhook_base).port
+    base: dict[str, Any] = {
+        "server": {"port": port, "public_url": sim.webhook_base},
+        "runtime": {"drain_timeout": 1.0},
+        "calls": {"inbound_policy": "open"},
+        "providers": sim.providers(),
+    }
+    return make_config(state_dir, _merged(base, document or {}))
+
+
+@asynccontextmanager
+async def simulated(
+    state_dir: Path,
+    document: Mapping[str, Any] | None = None,
+    *,
+    scenario: Scenario | None = None,
+    keep_audio: bool = False,
+) -> AsyncIterator[SimulatedDaemon]:
+    """The carrier simulator and the daemon, both on loopback, for the block's duration.
+
+    ``scenario``: what the far end of each call does unless planned otherwise (by default
+    :data:`QUICK`: answer after a tenth of a second, talk for one); ``keep_audio``: keep what
+    voicecalld plays on each stream (``call.legs[0].received``).
+    """
+    webhook_base = f"http://127.0.0.1:{_free_port()}"
+    scenario = scenario or QUICK
+    async with serve_simulator(webhook_base, scenario=scenario, keep_audio=keep_audio) as sim:
+        config = simulated_config(sim, state_dir, document)
+        async with running(config) as daemon:
+            yield SimulatedDaemon(daemon, sim, config)
+
+
+@pytest.fixture
+async def voicecalld_sim(tmp_path: Path) -> AsyncIterator[SimulatedDaemon]:
+    """A daemon with Twilio, Plivo and Telnyx played by the simulator (:func:`simulated`)."""
+    async with simulated(tmp_path / "voicecalld") as lab:
+        yield lab
+
+
+def _merged(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _merged(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _free_port() -> int:
+    """A port free on loopback now (the daemon's public URL must be known before it starts)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port

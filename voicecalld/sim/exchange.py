@@ -79,6 +79,10 @@ class Registry(Protocol):
     accounts: SimAccounts
     calls: dict[str, SimCall]
 
+    def add(self, call: SimCall) -> None:
+        """Keep a call created through the API (and let the simulator start playing it)."""
+        ...
+
 
 Handler = Callable[[Registry, RecordedRequest, Mapping[str, str]], Reply]
 

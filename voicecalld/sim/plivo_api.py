@@ -67,7 +67,7 @@ def create(registry: Registry, request: RecordedRequest, params: Mapping[str, st
         ring_timeout=integer(body.get("ring_timeout")),
         time_limit=integer(body.get("time_limit")),
     )
-    registry.calls[call.carrier_id] = call
+    registry.add(call)
     return Reply(201, {"message": "call fired", "request_uuid": call.request_id, **_api_id()})
 
 
@@ -104,7 +104,7 @@ def hangup(registry: Registry, request: RecordedRequest, params: Mapping[str, st
     call = find(registry, "plivo", params["uuid"])
     if call is None or call.status not in _LIVE:
         return error(404, "call not found")
-    call.actions.append(("hangup", json_object(request)))
+    call.record("hangup", json_object(request))
     answered = call.status is SimStatus.IN_PROGRESS
     call.set_status(SimStatus.COMPLETED if answered else SimStatus.CANCELED)
     return Reply(204)
@@ -114,7 +114,7 @@ def cancel(registry: Registry, request: RecordedRequest, params: Mapping[str, st
     call = by_request(registry, params["uuid"])
     if call is None or call.status not in (SimStatus.QUEUED, SimStatus.RINGING):
         return error(404, "request not found")
-    call.actions.append(("cancel", {}))
+    call.record("cancel", {})
     call.set_status(SimStatus.CANCELED)
     return Reply(204)
 
@@ -137,7 +137,7 @@ def _act(
     call = find(registry, "plivo", params["uuid"])
     if call is None or call.status is not SimStatus.IN_PROGRESS:
         return error(404, "call not found")
-    call.actions.append((name, json_object(request)))
+    call.record(name, json_object(request))
     return Reply(done.status, {**done.data, **_api_id()})
 
 

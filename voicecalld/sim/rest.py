@@ -14,7 +14,9 @@ takes effect), and :attr:`FakeCarriers.requests` (everything received, in order)
 :func:`serve_fake_carriers` serves it with hypercorn on 127.0.0.1, port 0.
 
 It does not move calls along by itself (no ringing, no answering, no webhooks): that is the
-simulator's webhook half, which reads and drives the same :class:`~.state.SimCall` records.
+simulator's player (:mod:`.player`), which hears of every call created here through
+:attr:`FakeCarriers.created_hooks`, and of every change to one through
+:meth:`~.state.SimCall.watch`.
 """
 
 from __future__ import annotations
@@ -62,6 +64,8 @@ class FakeCarriers:
         """Every simulated call, by carrier id."""
         self.requests: list[RecordedRequest] = []
         self.faults = FaultBook()
+        self.created_hooks: list[Callable[[SimCall], None]] = []
+        """Called (synchronously) with each call created through a carrier's API."""
 
     # -- driving it --------------------------------------------------------------------------------
 
@@ -117,6 +121,11 @@ class FakeCarriers:
         call.set_status(status)
         self.calls[call.carrier_id] = call
         return call
+
+    def add(self, call: SimCall) -> None:
+        self.calls[call.carrier_id] = call
+        for hook in self.created_hooks:
+            hook(call)
 
     def call(self, carrier_id: str) -> SimCall:
         return self.calls[carrier_id]
@@ -265,8 +274,11 @@ def _headers(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
 
 
 @asynccontextmanager
-async def serve_fake_carriers(carriers: FakeCarriers | None = None) -> AsyncIterator[FakeCarriers]:
-    """Serve the simulated carriers' REST APIs on 127.0.0.1, port 0, for the block's duration.
+async def serve_fake_carriers(
+    carriers: FakeCarriers | None = None, *, host: str = "127.0.0.1", port: int = 0
+) -> AsyncIterator[FakeCarriers]:
+    """Serve the simulated carriers' REST APIs (on 127.0.0.1, port 0, unless told otherwise)
+    for the block's duration.
 
     ``sim.base_url`` is then the served address (``http://127.0.0.1:PORT``)::
 
@@ -275,7 +287,7 @@ async def serve_fake_carriers(carriers: FakeCarriers | None = None) -> AsyncIter
     """
     sim = carriers or FakeCarriers()
     config = HypercornConfig()
-    config.bind = ["127.0.0.1:0"]
+    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     config.errorlog = logging.getLogger("voicecalld.sim.http")
     config.graceful_timeout = 0.0
     async with trio.open_nursery() as nursery:

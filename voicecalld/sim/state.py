@@ -10,17 +10,26 @@ voicecalld's own call id when voicecalld put one in those callbacks. Pure data, 
 from __future__ import annotations
 
 import base64
+import hashlib
 import secrets
 import string
 import time
 import uuid
+from collections.abc import Callable
 from enum import StrEnum
 from typing import Any, Final
 
 import attrs
 from nacl.signing import SigningKey
 
-__all__ = ["CARRIERS", "SimAccounts", "SimCall", "SimStatus", "new_carrier_id"]
+__all__ = [
+    "CARRIERS",
+    "SimAccounts",
+    "SimCall",
+    "SimStatus",
+    "new_carrier_id",
+    "telnyx_seed_for",
+]
 
 CARRIERS = ("twilio", "plivo", "telnyx")
 _UPPER_ALNUM: Final = string.ascii_uppercase + string.digits
@@ -45,6 +54,16 @@ class SimAccounts:
     def telnyx_public_key(self) -> str:
         verify_key = SigningKey(self.telnyx_signing_seed).verify_key
         return base64.b64encode(bytes(verify_key)).decode("ascii")
+
+
+def telnyx_seed_for(api_key: str) -> bytes:
+    """The simulator's Telnyx signing seed for a config's ``api_key``.
+
+    ``voicecalld simulate init`` writes the public key of this seed into the config it makes,
+    so the simulator, given only that config, can sign webhooks the daemon accepts; and a real
+    Telnyx config (Telnyx's own public key) is recognised as not made for the simulator.
+    """
+    return hashlib.sha256(b"voicecalld simulator telnyx webhook key\0" + api_key.encode()).digest()
 
 
 class SimStatus(StrEnum):
@@ -94,11 +113,27 @@ class SimCall:
     {"payload": ...})`` or ``("twiml", {"Twiml": ...})``."""
     command_ids: set[str] = attrs.field(factory=set)
     """Telnyx ``command_id`` values already applied (a repeat is ignored)."""
+    _watchers: list[Callable[[], None]] = attrs.field(factory=list, repr=False, eq=False)
 
     def set_status(self, status: SimStatus) -> None:
         self.status = status
         if status is SimStatus.IN_PROGRESS:
             self.answered = True
+        self._changed()
+
+    def record(self, name: str, fields: dict[str, Any]) -> None:
+        """Log what the REST API did to the call (see :attr:`actions`) and tell the watchers."""
+        self.actions.append((name, fields))
+        self._changed()
+
+    def watch(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (synchronously) after every status change and recorded action: the
+        simulator's player of the call wakes up and reads what changed."""
+        self._watchers.append(callback)
+
+    def _changed(self) -> None:
+        for callback in self._watchers:
+            callback()
 
 
 def new_carrier_id(carrier: str) -> str:

@@ -69,7 +69,7 @@ def dial(registry: Registry, request: RecordedRequest, params: Mapping[str, str]
     command_id = text(body.get("command_id"))
     if command_id:
         call.command_ids.add(command_id)
-    registry.calls[call.carrier_id] = call
+    registry.add(call)
     return Reply(200, {"data": {**_ids(call), "is_alive": False}})
 
 
@@ -103,7 +103,7 @@ def act(registry: Registry, request: RecordedRequest, params: Mapping[str, str])
         return error(422, *BAD_STATE, problem)
     if command_id:
         call.command_ids.add(command_id)
-    call.actions.append((action, body))
+    call.record(action, body)
     if text(body.get("client_state")):
         call.client_state = body["client_state"]
     if action == "answer":

@@ -69,7 +69,7 @@ def create(registry: Registry, request: RecordedRequest, params: Mapping[str, st
         ring_timeout=integer(first(form, "Timeout")),
         time_limit=integer(first(form, "TimeLimit")),
     )
-    registry.calls[call.carrier_id] = call
+    registry.add(call)
     return Reply(201, resource(call, registry.accounts.twilio_account_sid))
 
 
@@ -91,7 +91,7 @@ def update(registry: Registry, request: RecordedRequest, params: Mapping[str, st
     if status is not None:
         if status not in _STATUS_UPDATES:
             return error(400, 20001, f"Invalid Status {status!r:.40}")
-        call.actions.append(("status", {"Status": status}))
+        call.record("status", {"Status": status})
         if call.status is not SimStatus.IN_PROGRESS:
             call.set_status(SimStatus.CANCELED)
         elif status == "completed":  # ``canceled`` leaves a call in progress alone
@@ -99,7 +99,7 @@ def update(registry: Registry, request: RecordedRequest, params: Mapping[str, st
     elif first(form, "Twiml") is not None or first(form, "Url") is not None:
         if call.status is not SimStatus.IN_PROGRESS:
             return error(400, 21220, _NOT_IN_PROGRESS)
-        call.actions.append(("twiml", {key: values[0] for key, values in form.items()}))
+        call.record("twiml", {key: values[0] for key, values in form.items()})
     return Reply(200, resource(call, registry.accounts.twilio_account_sid))
 
 

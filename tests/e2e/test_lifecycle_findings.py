@@ -1,0 +1,133 @@
+"""Where the daemon misbehaves against the faithful simulator: each test states what an operator
+would expect, and fails today (``xfail(strict=True)``: it turns red the day it passes, so the
+mark is removed with the fix). The reasons name the defect; the report to the lead has the
+analysis.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, Final
+
+import attrs
+import pytest
+import trio
+
+from voicecalld.calls.model import Call, NewEvent, StoredEvent
+from voicecalld.sim.scenario import Scenario, WebhookFaults
+from voicecalld.testing import SimulatedDaemon, simulated
+
+QUICK: Final = Scenario(ring=0.05, talk=0.4)
+DEADLINE: Final = 20.0
+
+
+@asynccontextmanager
+async def lab(
+    tmp_path: Path, document: Mapping[str, Any] | None = None, *, scenario: Scenario = QUICK
+) -> AsyncIterator[SimulatedDaemon]:
+    async with simulated(tmp_path, document, scenario=scenario) as daemon:
+        yield daemon
+
+
+async def events_of(lab: SimulatedDaemon, call_id: str) -> list[StoredEvent]:
+    events = await lab.daemon.manager.store.events_after(0, 10_000)
+    return [event for event in events if event.call.id == call_id]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="speak on Twilio: the TwiML update ends the running <Connect><Stream>, the <Say> "
+    "plays, and only then does the new stream connect; a speech longer than "
+    "calls.stream_grace ends the call stream-lost",
+)
+async def test_twilio_speech_longer_than_the_stream_grace_keeps_the_call(tmp_path: Path) -> None:
+    text = "Thank you for calling. Your order has shipped and will arrive on Tuesday."
+    with trio.fail_after(DEADLINE):
+        async with lab(tmp_path, scenario=attrs.evolve(QUICK, talk=None)) as it:
+            placed, call = await it.place("twilio", "+14155550199")
+            await call.streaming.wait()
+            spoken = await it.daemon.api.post(
+                f"/v1/calls/{placed['id']}/speak", json={"text": text}
+            )
+            assert spoken.status_code == 202
+            with trio.move_on_after(0.3 + len(text) / 15 + 1.0):
+                await call.ended.wait()  # the speech, then the new stream
+            record = (await it.daemon.api.get(f"/v1/calls/{placed['id']}")).json()
+            await it.daemon.api.post(f"/v1/calls/{placed['id']}/hangup")
+    assert len(call.legs) == 2, "the stream came back after the speech"
+    assert record["state"] != "ended", f"ended {record['end_reason']} while speaking"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="Telnyx reports each key press twice, as a call.dtmf.received webhook and as a dtmf "
+    "frame on the media stream; voicecalld records both",
+)
+async def test_a_telnyx_key_press_is_one_dtmf_event(tmp_path: Path) -> None:
+    with trio.fail_after(DEADLINE):
+        async with lab(tmp_path, scenario=attrs.evolve(QUICK, dtmf="42")) as it:
+            placed, _ = await it.place("telnyx", "+14155550199")
+            await it.wait_ended(placed["id"])
+            digits = [
+                e.data["digit"] for e in await events_of(it, placed["id"]) if e.data.get("digit")
+            ]
+    assert digits == ["4", "2"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a Telnyx redelivery (same data.id, meta.attempt 2, new timestamp and signature) is "
+    "not recognised as a duplicate: a redelivered call.answered starts a second media stream",
+)
+async def test_a_redelivered_telnyx_event_is_applied_once(tmp_path: Path) -> None:
+    scenario = attrs.evolve(QUICK, faults=WebhookFaults(duplicated=True))
+    with trio.fail_after(DEADLINE):
+        async with lab(tmp_path, scenario=scenario) as it:
+            placed, call = await it.place("telnyx", "+14155550199")
+            await it.wait_ended(placed["id"])
+            await call.ended.wait()
+    starts = [name for name, _ in call.call.actions if name == "streaming_start"]
+    assert len(starts) == 1 and len(call.legs) == 1
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a webhook that arrives while voicecalld writes the end of a call finds the call "
+    "gone from memory, reads the store's not-yet-ended copy and adopts it again: the call is "
+    "ended a second time and its end reason overwritten",
+)
+@pytest.mark.parametrize("carrier", ["twilio", "plivo", "telnyx"])
+async def test_a_webhook_racing_a_hangup_does_not_reopen_the_call(
+    tmp_path: Path, carrier: str
+) -> None:
+    with trio.fail_after(DEADLINE):
+        async with lab(tmp_path, scenario=attrs.evolve(QUICK, talk=None)) as it:
+            placed, call = await it.place(carrier, "+14155550199")
+            await call.streaming.wait()
+            store = it.daemon.manager.store
+            write = store.write
+            ending = trio.Event()
+
+            async def slow_disk(
+                calls: Sequence[Call], events: Sequence[NewEvent] = (), key: str | None = None
+            ) -> list[StoredEvent]:
+                if any(c.ended for c in calls) and not ending.is_set():
+                    ending.set()
+                    await trio.sleep(0.3)  # the write of the call's end takes a while
+                return await write(calls, events, key)
+
+            store.write = slow_disk  # type: ignore[method-assign,assignment]
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(it.daemon.api.post, f"/v1/calls/{placed['id']}/hangup")
+                await ending.wait()
+                call.hang_up()  # the far end hangs up at the same moment
+            record = await it.wait_ended(placed["id"])
+            await call.ended.wait()
+            await it.daemon.manager.store.write([])  # everything before it is committed
+            history = [e.type.value for e in await events_of(it, placed["id"])]
+            stored = await it.daemon.manager.store.get(placed["id"])
+    assert history.count("call.ended") == 1
+    assert stored is not None and stored.end_reason is not None
+    assert (record["end_reason"], stored.end_reason.value) == ("hangup-bot", "hangup-bot")
