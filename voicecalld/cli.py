@@ -32,7 +32,10 @@ EX_CONFIG = 78
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["simulate"]:
+        arguments = _simulate_arguments(arguments[1:])
+    args = parser.parse_args(arguments)
     if args.command is None:
         parser.print_help(sys.stderr)
         return EX_USAGE
@@ -229,6 +232,22 @@ def _status(config: Config, args: argparse.Namespace) -> int:
         if open_calls:
             _print_calls([call.to_json() for call in open_calls])
     return 0
+
+
+def _simulate_arguments(rest: list[str]) -> list[str]:
+    """``simulate``'s arguments: ``-c FILE`` (anywhere) is ours, the rest the simulator's, after
+    ``--`` (argparse.REMAINDER alone refuses a first argument such as ``--provider``)."""
+    ours: list[str] = []
+    theirs: list[str] = []
+    words = iter(rest)
+    for word in words:
+        if word in ("-c", "--config"):
+            ours += [word, next(words, "")]
+        elif word.startswith("--config="):
+            ours.append(word)
+        else:
+            theirs.append(word)
+    return ["simulate", *ours, "--", *theirs]
 
 
 def _simulate(config: Config, args: argparse.Namespace) -> int:

@@ -209,12 +209,24 @@ def test_bad_public_keys_say_what_is_wrong(text: str, message: str) -> None:
 # -- replay keys ---------------------------------------------------------------------------------
 
 
-def test_replay_key_covers_timestamp_signature_and_body() -> None:
+def test_replay_key_is_the_event_id_across_redeliveries() -> None:
     one = signed(VECTOR_BODY)
     assert wire.replay_key(one) == wire.replay_key(signed(VECTOR_BODY))
-    assert wire.replay_key(one) != wire.replay_key(signed(VECTOR_BODY + b" "))
-    assert wire.replay_key(one) != wire.replay_key(signed(VECTOR_BODY, ts=TS + 1, now=TS))
+    # a redelivery: the same event, a new timestamp and signature (and meta.attempt)
+    redelivered = VECTOR_BODY.replace(b'"attempt":1', b'"attempt":2')
+    assert redelivered != VECTOR_BODY
+    assert wire.replay_key(one) == wire.replay_key(signed(redelivered, ts=TS + 1, now=TS))
+    other_event = VECTOR_BODY.replace(b"0ccc7b54", b"1ccc7b54")
+    assert wire.replay_key(one) != wire.replay_key(signed(other_event))
     assert len(wire.replay_key(one)) == 64
+
+
+def test_replay_key_without_an_event_id_covers_timestamp_signature_and_body() -> None:
+    body = b'{"data": {"event_type": "call.hangup"}}'
+    one = signed(body)
+    assert wire.replay_key(one) == wire.replay_key(signed(body))
+    assert wire.replay_key(one) != wire.replay_key(signed(body + b" "))
+    assert wire.replay_key(one) != wire.replay_key(signed(body, ts=TS + 1, now=TS))
 
 
 # -- client_state --------------------------------------------------------------------------------

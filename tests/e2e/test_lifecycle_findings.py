@@ -36,12 +36,6 @@ async def events_of(lab: SimulatedDaemon, call_id: str) -> list[StoredEvent]:
     return [event for event in events if event.call.id == call_id]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="speak on Twilio: the TwiML update ends the running <Connect><Stream>, the <Say> "
-    "plays, and only then does the new stream connect; a speech longer than "
-    "calls.stream_grace ends the call stream-lost",
-)
 async def test_twilio_speech_longer_than_the_stream_grace_keeps_the_call(tmp_path: Path) -> None:
     text = "Thank you for calling. Your order has shipped and will arrive on Tuesday."
     with trio.fail_after(DEADLINE):
@@ -60,11 +54,6 @@ async def test_twilio_speech_longer_than_the_stream_grace_keeps_the_call(tmp_pat
     assert record["state"] != "ended", f"ended {record['end_reason']} while speaking"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Telnyx reports each key press twice, as a call.dtmf.received webhook and as a dtmf "
-    "frame on the media stream; voicecalld records both",
-)
 async def test_a_telnyx_key_press_is_one_dtmf_event(tmp_path: Path) -> None:
     with trio.fail_after(DEADLINE):
         async with lab(tmp_path, scenario=attrs.evolve(QUICK, dtmf="42")) as it:
@@ -76,11 +65,6 @@ async def test_a_telnyx_key_press_is_one_dtmf_event(tmp_path: Path) -> None:
     assert digits == ["4", "2"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a Telnyx redelivery (same data.id, meta.attempt 2, new timestamp and signature) is "
-    "not recognised as a duplicate: a redelivered call.answered starts a second media stream",
-)
 async def test_a_redelivered_telnyx_event_is_applied_once(tmp_path: Path) -> None:
     scenario = attrs.evolve(QUICK, faults=WebhookFaults(duplicated=True))
     with trio.fail_after(DEADLINE):
@@ -92,12 +76,6 @@ async def test_a_redelivered_telnyx_event_is_applied_once(tmp_path: Path) -> Non
     assert len(starts) == 1 and len(call.legs) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a webhook that arrives while voicecalld writes the end of a call finds the call "
-    "gone from memory, reads the store's not-yet-ended copy and adopts it again: the call is "
-    "ended a second time and its end reason overwritten",
-)
 @pytest.mark.parametrize("carrier", ["twilio", "plivo", "telnyx"])
 async def test_a_webhook_racing_a_hangup_does_not_reopen_the_call(
     tmp_path: Path, carrier: str

@@ -156,13 +156,6 @@ async def test_serve_answers_what_the_daemon_places(
     assert "twilio call to +14155550199: completed (hung up by remote)" in out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=SystemExit,
-    reason="voicecalld/cli.py hands `simulate` its arguments through argparse.REMAINDER, "
-    "which refuses a first argument starting with '-': the issue's own example "
-    "`voicecalld simulate --provider twilio --calls 200 --rate 20` exits 2",
-)
 def test_the_documented_command_line_reaches_the_simulator(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

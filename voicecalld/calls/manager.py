@@ -80,6 +80,8 @@ REPLAY_WINDOW: Final = timedelta(hours=1)
 REPLAY_MAX: Final = 100_000
 HANGUP_RETRY_CAP: Final = 300.0
 PURGE_INTERVAL: Final = 3600.0
+RECENTLY_ENDED: Final = 10_000
+"""Ended calls kept in memory, newest first, for news that arrives after their end."""
 
 
 class CapacityReached(Exception):
@@ -145,6 +147,11 @@ class CallManager:
         self.calls: dict[str, Call] = {}
         """Every call not ended, by id."""
         self._by_carrier: dict[tuple[str, str], str] = {}
+        self._recently_ended: OrderedDict[str, Call] = OrderedDict()
+        self._streaming: set[str] = set()
+        """Calls with a live media stream (which reports their DTMF itself)."""
+        self._speaking_until: dict[str, float] = {}
+        """When voicecalld's current speech on a call is estimated to end (trio clock)."""
         self._tokens: dict[bytes, tuple[str, float]] = {}
         self._owed: dict[str, _Owed] = {}
         self._hanging_up: set[str] = set()
@@ -208,7 +215,7 @@ class CallManager:
         spoken (or failed to): a ring timer that fired before the carrier was asked could end as
         ``timeout`` a call that was in fact answered while voicecalld was down.
         """
-        if call.id in self.calls or call.ended:
+        if call.id in self.calls or call.id in self._recently_ended or call.ended:
             return
         self._remember(call)
         if arm:
@@ -282,6 +289,13 @@ class CallManager:
             current = attrs.evolve(current, provider_call_id=provider_call_id)
             self._remember(current)
             await self._write(current)
+        elif current.provider_call_id != provider_call_id and "request_id" not in current.metadata:
+            # a webhook came back before the dial did, with the carrier's real call id: keep
+            # the id the dial returned too (Plivo's RequestUUID), for hang-ups before answer
+            metadata = {**current.metadata, "request_id": provider_call_id}
+            current = attrs.evolve(current, metadata=metadata)
+            self._remember(current)
+            await self._write(current)
         log.info(
             "placed",
             extra={"call_id": call.id, "provider": name, "provider_call_id": provider_call_id},
@@ -311,15 +325,10 @@ class CallManager:
     async def hangup(self, call_id: str) -> Call:
         """``POST /v1/calls/{id}/hangup``: end ``hangup-bot``; idempotent on an ended call."""
         ended = await self.end_call(call_id, EndReason.HANGUP_BOT)
-        if ended is not None:
-            return ended
-        stored = await self.store.get(call_id)
-        if stored is None:
-            raise CallNotFound(call_id)
-        return stored
+        return ended if ended is not None else await self.get(call_id)
 
     async def get(self, call_id: str) -> Call:
-        call = self.calls.get(call_id) or await self.store.get(call_id)
+        call = self._known(call_id) or await self.store.get(call_id)
         if call is None:
             raise CallNotFound(call_id)
         return call
@@ -332,7 +341,9 @@ class CallManager:
         await carrier.speak(call, text, self.issue_token(call.id))
         await self.set_state(call.id, State.SPEAKING)
         # carriers do not all say when speech ends: estimate it (about 15 characters a second)
-        self.timers.arm(call.id, TimerKind.SETTLE, trio.current_time() + 1.0 + len(text) / 15.0)
+        done = trio.current_time() + 1.0 + len(text) / 15.0
+        self._speaking_until[call.id] = done
+        self.timers.arm(call.id, TimerKind.SETTLE, done)
         return self.calls.get(call.id, call)
 
     async def send_dtmf(self, call_id: str, digits: str) -> Call:
@@ -344,7 +355,7 @@ class CallManager:
         call = self.calls.get(call_id)
         if call is not None:
             return call
-        if await self.store.get(call_id) is None:
+        if call_id not in self._recently_ended and await self.store.get(call_id) is None:
             raise CallNotFound(call_id)
         raise CallEnded(call_id)
 
@@ -443,7 +454,8 @@ class CallManager:
         elif kind is WebhookKind.SPOKEN:
             self.timers.cancel(call.id, TimerKind.SETTLE)
             transition = machine.advance(call, State.LISTENING, now)
-        elif kind is WebhookKind.DTMF and event.digits:
+        elif kind is WebhookKind.DTMF and event.digits and call.id not in self._streaming:
+            # with a stream up, the stream reports the key (Telnyx sends both): record it once
             events.extend(NewEvent(EventType.DTMF, call, {"digit": d}) for d in event.digits)
 
         if event.wants_instructions and (transition is None or not transition.call.ended):
@@ -487,20 +499,26 @@ class CallManager:
     async def _locate(self, provider: str, event: WebhookEvent) -> Call | None:
         """The call an event is about: by our id, then the carrier's ids, memory first."""
         if event.call_id:
-            call = self.calls.get(event.call_id) or await self.store.get(event.call_id)
+            call = self._known(event.call_id) or await self.store.get(event.call_id)
             if call is not None and call.provider == provider:
                 self.adopt(call)
-                return self.calls.get(call.id, call)
+                return self._known(call.id) or call
         for carrier_id in (event.provider_call_id, event.request_id):
             if carrier_id and (provider, carrier_id) in self._by_carrier:
-                return self.calls[self._by_carrier[(provider, carrier_id)]]
+                known = self._known(self._by_carrier[(provider, carrier_id)])
+                if known is not None:
+                    return known
         for carrier_id in (event.provider_call_id, event.request_id):
             if carrier_id:
                 stored = await self.store.find(provider, carrier_id)
                 if stored is not None:
                     self.adopt(stored)
-                    return self.calls.get(stored.id, stored)
+                    return self._known(stored.id) or stored
         return None
+
+    def _known(self, call_id: str) -> Call | None:
+        """The call as memory has it: live, or recently ended (see :attr:`_recently_ended`)."""
+        return self.calls.get(call_id) or self._recently_ended.get(call_id)
 
     def _register(self, provider: str, event: WebhookEvent) -> tuple[Call, list[NewEvent]]:
         """A call seen for the first time in a webhook: inbound, or outbound-api."""
@@ -660,12 +678,20 @@ class CallManager:
         self._nursery.start_soon(self.end_call, call_id, reason)
 
     def stream_gone(self, call_id: str) -> None:
-        """The call's current media stream ended: end it unless a new one comes in the grace."""
+        """The call's current media stream ended: end it unless a new one comes in the grace.
+
+        While voicecalld speaks, the grace counts from the end of the speech: Twilio plays
+        ``<Say>`` between the stream it ends and the one it opens after.
+        """
+        self._streaming.discard(call_id)
         if call_id in self.calls:
+            start = max(trio.current_time(), self._speaking_until.get(call_id, 0.0))
             grace = self.config.calls.stream_grace
-            self.timers.arm(call_id, TimerKind.STREAM_GRACE, trio.current_time() + grace)
+            self.timers.arm(call_id, TimerKind.STREAM_GRACE, start + grace)
 
     def stream_back(self, call_id: str) -> None:
+        """A media stream of the call started."""
+        self._streaming.add(call_id)
         self.timers.cancel(call_id, TimerKind.STREAM_GRACE)
 
     # -- owed hang-ups -------------------------------------------------------------------------
@@ -746,24 +772,30 @@ class CallManager:
     # -- bookkeeping ---------------------------------------------------------------------------
 
     def _remember(self, call: Call) -> None:
+        """Keep ``call`` in memory: live calls until they end, ended ones for a while.
+
+        An ended call stays known (:attr:`_recently_ended`) so that news arriving while its end
+        is being written, or late callbacks after it, find the ended call and not the older
+        record the store still has: adopting that would bring the call back to life.
+        """
         if call.ended:
             self.calls.pop(call.id, None)
+            self._recently_ended[call.id] = call
+            self._recently_ended.move_to_end(call.id)
+            while len(self._recently_ended) > RECENTLY_ENDED:
+                _, forgotten = self._recently_ended.popitem(last=False)
+                for key in _carrier_keys(forgotten):
+                    if self._by_carrier.get(key) == forgotten.id:
+                        del self._by_carrier[key]
         else:
             self.calls[call.id] = call
-        if call.provider_call_id:
-            key = (call.provider, call.provider_call_id)
-            if call.ended:
-                self._by_carrier.pop(key, None)
-            else:
-                self._by_carrier[key] = call.id
-        request_id = call.metadata.get("request_id")
-        if isinstance(request_id, str) and call.ended:
-            self._by_carrier.pop((call.provider, request_id), None)
-        elif isinstance(request_id, str):
-            self._by_carrier[(call.provider, request_id)] = call.id
+        for key in _carrier_keys(call):
+            self._by_carrier[key] = call.id
 
     def _ended(self, call: Call) -> None:
         self.timers.cancel(call.id)
+        self._streaming.discard(call.id)
+        self._speaking_until.pop(call.id, None)
         self.metrics.calls_ended.inc(provider=call.provider, reason=str(call.end_reason))
         log.info(
             "call ended",
@@ -785,6 +817,15 @@ class CallManager:
 def _unexpected(failure: Exception) -> CarrierError:
     log.error("unexpected error during a carrier hang-up", exc_info=failure)
     return CarrierError(f"{type(failure).__name__}: {failure}", retryable=True)
+
+
+def _carrier_keys(call: Call) -> list[tuple[str, str]]:
+    """The ids a carrier may call ``call`` by: its call id, and the request id it placed it by."""
+    keys = [(call.provider, call.provider_call_id)] if call.provider_call_id else []
+    request_id = call.metadata.get("request_id")
+    if isinstance(request_id, str):
+        keys.append((call.provider, request_id))
+    return keys
 
 
 def _owing(call: Call) -> Call:

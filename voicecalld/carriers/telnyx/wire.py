@@ -173,7 +173,18 @@ def verify(request: WebhookRequest, public_key: bytes) -> bool:
 
 
 def replay_key(request: WebhookRequest) -> str:
-    """SHA-256 hex of the timestamp, the decoded signature and the body hash."""
+    """The event's ``data.id``, hashed: the key Telnyx keeps across redeliveries.
+
+    A retry of one event has the same ``data.id`` but a new timestamp and signature, so keying
+    on those would apply it twice (a second ``streaming_start``, a second stream). ``data.id``
+    is inside the signed body, so it is authenticated material. A body without one (not an
+    event) falls back to the timestamp, the decoded signature and the body hash.
+    """
+    event_id = _event_id(request.body)
+    if event_id is not None:
+        return hashlib.sha256(
+            f"telnyx-event\n{event_id}".encode("utf-8", "surrogatepass")
+        ).hexdigest()
     header = request.headers.get(SIGNATURE_HEADER, "")
     try:
         signature = decode_base64(header).hex()
@@ -182,6 +193,16 @@ def replay_key(request: WebhookRequest) -> str:
     timestamp = request.headers.get(TIMESTAMP_HEADER, "")
     material = f"telnyx\n{timestamp}\n{signature}\n{hashlib.sha256(request.body).hexdigest()}"
     return hashlib.sha256(material.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _event_id(body: bytes) -> str | None:
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    data = document.get("data") if isinstance(document, dict) else None
+    event_id = data.get("id") if isinstance(data, dict) else None
+    return event_id if isinstance(event_id, str) and event_id else None
 
 
 # -- client_state ------------------------------------------------------------------------------
