@@ -22,6 +22,7 @@ _STANDARD: Final = frozenset(
     vars(logging.LogRecord("", 0, "", 0, "", None, None)).keys()
     | {"message", "asctime", "taskName"}
 )
+MIN_SECRET: Final = 4
 _LEVELS: Final = {
     "debug": logging.DEBUG,
     "info": logging.INFO,
@@ -36,8 +37,9 @@ class Formatter(logging.Formatter):
     def __init__(self, style: str = "logfmt", secrets: Iterable[str] = ()) -> None:
         super().__init__()
         self.json = style == "json"
-        # longest first, so a secret containing another is scrubbed whole
-        self.secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+        # longest first, so a secret containing another is scrubbed whole; a secret shorter
+        # than MIN_SECRET would star out ordinary words and tells nothing when shown
+        self.secrets = sorted({s for s in secrets if len(s) >= MIN_SECRET}, key=len, reverse=True)
 
     def format(self, record: logging.LogRecord) -> str:
         fields: dict[str, Any] = {
