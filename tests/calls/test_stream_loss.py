@@ -84,6 +84,23 @@ async def test_a_new_stream_within_the_grace_keeps_the_call_and_the_next_loss_ge
         assert (await made.stored(call.id)).end_reason is EndReason.STREAM_LOST
 
 
+async def test_a_stream_closed_before_the_speak_request_returned_waits_for_the_speech(
+    tmp_path: Path, clock: trio.testing.MockClock
+) -> None:
+    """Twilio ends the stream to play ``<Say>``, possibly before its API answers the update:
+    the grace still counts from the end of the speech (a simulator run found this)."""
+    async with rig(tmp_path, stream_grace=GRACE) as made:
+        manager = await made.start()
+        call = await streaming(made, "twilio")
+        text = "x" * 60  # estimated at 1 s + 60 / 15 s = 5 s
+        manager.stream_gone(call.id)  # the stream closed while the request was in flight
+        await manager.speak(call.id, text)
+        await trio.sleep(5.0 + GRACE - 0.2)
+        assert call.id in manager.calls, "within the speech and the grace after it"
+        await trio.sleep(0.4)
+        assert (await made.stored(call.id)).end_reason is EndReason.STREAM_LOST
+
+
 async def test_stream_news_about_a_call_that_is_not_live_changes_nothing(
     tmp_path: Path, clock: trio.testing.MockClock
 ) -> None:

@@ -344,6 +344,10 @@ class CallManager:
         done = trio.current_time() + 1.0 + len(text) / 15.0
         self._speaking_until[call.id] = done
         self.timers.arm(call.id, TimerKind.SETTLE, done)
+        if self.timers.pending(call.id, TimerKind.STREAM_GRACE):
+            # Twilio may close the stream (to play the <Say>) before its API answers: that
+            # grace was counted from then, not from the end of the speech
+            self.timers.arm(call.id, TimerKind.STREAM_GRACE, done + self.config.calls.stream_grace)
         return self.calls.get(call.id, call)
 
     async def send_dtmf(self, call_id: str, digits: str) -> Call:
