@@ -28,7 +28,10 @@ Invariants, and why:
   parsers above take bytes, and decoding to ``str`` only to encode again is wasted work.
   Outgoing text is trusted to be UTF-8 (it comes from ``orjson.dumps``).
 - The server role sends unmasked frames and requires masked ones; the client role masks
-  with a fresh ``os.urandom`` key per frame and requires unmasked ones.
+  each frame with a fresh key and requires unmasked ones. Keys come from ``os.urandom``, as
+  RFC 6455 asks (unpredictable keys, from a strong source), drawn 1,024 at a time: one
+  ``os.urandom`` call per frame was a microsecond and a half, a tenth of a bridged frame's
+  whole cost.
 
 Example::
 
@@ -68,6 +71,9 @@ _OP_BINARY = 0x2
 _OP_CLOSE = 0x8
 _OP_PING = 0x9
 _OP_PONG = 0xA
+
+_KEYS_DRAWN = 4 * 1024
+"""Bytes of masking keys drawn from ``os.urandom`` at a time: 1,024 frames' worth."""
 
 _MEDIUM = struct.Struct("!BBH")
 _LARGE = struct.Struct("!BBQ")
@@ -204,6 +210,8 @@ class Codec:
         "_fragment_opcode",
         "_fragment_size",
         "_fragments",
+        "_key_at",
+        "_keys",
         "_masked_in",
         "_masked_out",
         "_max_message_size",
@@ -231,6 +239,8 @@ class Codec:
         self._close_code: int | None = None
         self._close_reason = ""
         self._close_by_peer = False
+        self._keys = b""
+        self._key_at = 0
 
     # -- state -----------------------------------------------------------------------------
 
@@ -459,7 +469,11 @@ class Codec:
     def _frame(self, first_byte: int, payload: bytes) -> bytes:
         n = len(payload)
         if self._masked_out:
-            key = os.urandom(4)
+            at = self._key_at
+            if at == len(self._keys):
+                self._keys, at = os.urandom(_KEYS_DRAWN), 0
+            self._key_at = at + 4
+            key = self._keys[at : at + 4]
             if n < 126:
                 return bytes((first_byte, 0x80 | n)) + key + _mask(payload, key)
             if n < 0x10000:
