@@ -3,8 +3,8 @@
 Start-up is a fixed sequence of named steps, each started with ``nursery.start`` so it holds its
 resource for the runtime's whole life and releases it in its own ``finally``:
 
-``state-dir`` → ``store`` → ``carriers`` → ``calls`` → ``listen`` → ``serve`` → ``restore`` →
-``reaper``
+``state-dir`` → ``store`` → ``carriers`` → ``calls`` → ``media`` → ``listen`` → ``serve`` →
+``restore`` → ``reaper``
 
 If any step fails, the nursery cancels every step already running, so by the time the failure
 reaches the supervisor the port is closed, the store is closed and the lock is released; the
@@ -47,7 +47,17 @@ __all__ = ["STEPS", "Faults", "Runtime", "StartupError"]
 
 log = logging.getLogger("voicecalld.runtime")
 
-STEPS: Final = ("state-dir", "store", "carriers", "calls", "listen", "serve", "restore", "reaper")
+STEPS: Final = (
+    "state-dir",
+    "store",
+    "carriers",
+    "calls",
+    "media",
+    "listen",
+    "serve",
+    "restore",
+    "reaper",
+)
 T = TypeVar("T")
 
 
@@ -129,6 +139,7 @@ class Runtime:
             self.carriers.attach(self.manager.on_event)
             self.streams = MediaStreams(config, self.manager, self.metrics)
             await self._step("calls", self.manager.run)
+            await self._step("media", self.streams.run)
             await self._step("listen", self._hold_listeners)
             await self._step("serve", self._serve)
             await self._step("restore", Reconciler(self.manager, self.metrics).run)

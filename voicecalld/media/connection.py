@@ -2,13 +2,22 @@
 
 :class:`WebSocket` carries carrier media streams (server role, :func:`accept`) and the app
 bridge (client role, :func:`connect`). Carrier streams arrive at 50 frames a second each,
-so every trio round trip per frame shows: this shell adds none.
+so every trio round trip per frame shows: this shell adds none, and need not even wake a task.
 
 Invariants, and why:
 
-- Receiving is one wait for readability, one non-blocking ``recv`` and one pass of the codec:
-  :meth:`WebSocket.receive_batch` returns every message that ``recv`` completed. One task
-  receives at a time (trio refuses two waiting on one socket).
+- Receiving is one non-blocking ``recv`` and one pass of the codec, whoever waits for the
+  socket: the messages that ``recv`` completed come out together, in order. Three ways:
+  :meth:`WebSocket.receive_batch` returns them to the one task that waits (trio refuses
+  two waiting on one socket); :meth:`WebSocket.deliver` hands them to a callback from a
+  :class:`~voicecalld.media.poller.Poller`, which waits for every media socket in one task
+  (the fast path: no task wakes per frame); :meth:`WebSocket.pump` does the same from a task
+  of the caller's (TLS streams, which a poller cannot read, and systems without ``epoll``).
+- Delivered messages go to a synchronous callback, and the connection's end to another,
+  once; a receiver that must await before it can take more pauses the delivery and resumes
+  it (an end that came meanwhile is told on resuming, after what came before it). A callback
+  that raises ends the delivery with its exception, so a bug is reported to the owner, not
+  lost in the poller. The owner still closes the connection; closing ends the delivery first.
 - Sending is synchronous: :meth:`WebSocket.send_text` tries ``socket.send`` at once. Whatever
   the kernel does not take waits in one outgoing buffer, in order, bounded by
   ``max_buffer`` (only a single frame bigger than the bound, sent while the buffer was
@@ -25,7 +34,8 @@ Invariants, and why:
   bypass it: there is one per connection and it must go.
 - The socket is owned: :func:`accept` and :func:`connect` take it over (detaching a trio
   socket from its wrapper) and :meth:`WebSocket.close` always closes it, within
-  ``close_timeout`` of starting the closing handshake.
+  ``close_timeout`` of starting the closing handshake, after taking it out of its poller
+  (the number of a closed descriptor is soon another socket's).
 - ``wss://`` (and a front door that terminates TLS itself) runs over a ``trio.SSLStream``:
   the same API, but every send goes through the flusher and ``send_all``, one task hop per
   burst of frames, so it is slower than the raw-socket path.
@@ -38,6 +48,10 @@ Example (server side, after the front door read and routed the request head)::
         while True:
             for message in await ws.receive_batch():   # raises ConnectionClosed at the end
                 ws.send_text(reply_to(message.data))
+
+or, with no task of its own while the connection lives::
+
+    ws.deliver(poller, on_messages=handle_batch, on_end=note_the_end)
 """
 
 from __future__ import annotations
@@ -47,7 +61,7 @@ import logging
 import socket
 import ssl
 import types
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol, final
 from urllib.parse import urlsplit
 
@@ -55,6 +69,7 @@ import trio
 
 from voicecalld.media import handshake
 from voicecalld.media.handshake import HandshakeError, UpgradeRequest
+from voicecalld.media.poller import Poller
 from voicecalld.media.websocket import (
     DEFAULT_MAX_MESSAGE_SIZE,
     CloseCode,
@@ -125,6 +140,7 @@ class _SocketTransport:
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             # 20 ms frames must not wait for Nagle to fill a segment
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock = sock
         self._sock = sock
 
     def _check_open(self) -> None:
@@ -234,6 +250,15 @@ class WebSocket:
         self._closing = False
         self._close_reading = False
         self._closed = trio.Event()
+        self._on_messages: Callable[[list[Message]], object] | None = None
+        self._on_end: Callable[[ConnectionClosed | Exception], object] | None = None
+        """Set while messages are delivered (:meth:`deliver`, :meth:`pump`)."""
+        self._poller: Poller | None = None
+        """Set by :meth:`deliver`: the poller that reads (with ``_recv``) this connection."""
+        self._recv: Callable[[int], bytes]
+        self._watched = False
+        self._paused = False
+        self._resumed = trio.lowlevel.ParkingLot()
         self.dropped = 0
         """Frames dropped because the outgoing buffer was full (messages sent, and pongs)."""
 
@@ -289,6 +314,155 @@ class WebSocket:
                 self._can_send = False
                 self._write(control)
         return messages
+
+    # -- delivering: messages handed to callbacks ------------------------------------------
+
+    @property
+    def pollable(self) -> bool:
+        """Whether :meth:`deliver` can serve this connection: a raw socket, not TLS."""
+        return isinstance(self._transport, _SocketTransport)
+
+    def deliver(
+        self,
+        poller: Poller,
+        on_messages: Callable[[list[Message]], object],
+        on_end: Callable[[ConnectionClosed | Exception], object],
+    ) -> None:
+        """Let ``poller`` read from now on: whenever the socket is readable, one ``recv`` and
+        one pass of the codec, and the messages it completed go to ``on_messages(batch)``.
+
+        ``on_end`` is called once, when the connection ends (with the
+        :class:`ConnectionClosed` that :meth:`receive_batch` would raise) or when
+        ``on_messages`` raised (with that exception: nothing more is delivered). Both run in
+        the poller's task and must not block; nothing is delivered while paused
+        (:meth:`pause`), not even the end, until :meth:`resume`. Messages that came with the
+        handshake are handed over before this returns. The owner still closes the connection
+        (``await ws.close()``, which ends the delivery first); :meth:`receive_batch` must not
+        be used meanwhile.
+        Only for a :attr:`pollable` connection; :meth:`pump` serves any.
+        """
+        if not isinstance(self._transport, _SocketTransport):
+            raise ValueError("only a raw-socket websocket can be polled; pump() it instead")
+        self._start_delivery(on_messages, on_end)
+        self._poller = poller
+        self._recv = self._transport.sock.recv
+        if self._backlog:
+            batch, self._backlog = self._backlog, []
+            self._hand(batch)
+        self._watch_or_end()
+
+    async def pump(
+        self,
+        on_messages: Callable[[list[Message]], object],
+        on_end: Callable[[ConnectionClosed | Exception], object],
+    ) -> None:
+        """Deliver as :meth:`deliver` does, from the calling task: the path of TLS
+        connections, and of every connection where there is no poller. Returns after
+        ``on_end``, or when :meth:`close` ends the delivery."""
+        self._start_delivery(on_messages, on_end)
+        try:
+            while self._on_end is not None:
+                await self._while_paused()
+                try:
+                    batch = await self.receive_batch()
+                except ConnectionClosed as closed:
+                    await self._while_paused()
+                    self._end(closed)
+                    return
+                await self._while_paused()  # paused while the batch was on its way
+                if self._on_messages is not None:
+                    self._hand(batch)
+        finally:
+            self._stop_delivery()
+
+    async def _while_paused(self) -> None:
+        while self._paused and self._on_end is not None:
+            await self._resumed.park()
+
+    def pause(self) -> None:
+        """Deliver nothing more until :meth:`resume`: for a receiver that must await before it
+        can take more (whatever it did not handle of the batch it got is its own to keep)."""
+        self._paused = True
+        self._unwatch()
+
+    def resume(self) -> None:
+        """Deliver again, beginning with the end of the connection if it came meanwhile."""
+        if not self._paused:
+            return
+        self._paused = False
+        if self._poller is not None:
+            self._watch_or_end()
+        else:
+            self._resumed.unpark_all()
+
+    def _start_delivery(
+        self,
+        on_messages: Callable[[list[Message]], object],
+        on_end: Callable[[ConnectionClosed | Exception], object],
+    ) -> None:
+        if self._on_end is not None or self._closing:
+            raise RuntimeError("this websocket is already delivering, or closing")
+        self._on_messages, self._on_end = on_messages, on_end
+
+    def _on_readable(self) -> None:
+        """The poller's callback: one ``recv``, one pass of the codec, one hand-over."""
+        try:
+            data = self._recv(_RECV_SIZE)
+        except BlockingIOError:
+            return  # readiness can be spurious
+        except OSError:
+            data = b""
+        if data:
+            try:
+                batch = self._feed(data)
+            except ConnectionClosed:  # our pong or close answer found the connection broken
+                batch = []
+            if batch:
+                self._hand(batch)
+        else:
+            self._eof = True
+            self._can_send = False
+        if self._eof or self._codec.state is State.CLOSED:
+            self._watch_or_end()
+
+    def _hand(self, batch: list[Message]) -> None:
+        assert self._on_messages is not None
+        try:
+            self._on_messages(batch)
+        except Exception as error:
+            self._end(error)
+
+    def _watch_or_end(self) -> None:
+        """Poller mode, delivering and not paused: report the end if it came, else watch."""
+        if self._on_end is None or self._paused:
+            return
+        if self._eof or self._codec.state is State.CLOSED:
+            self._end(self._status())
+        elif not self._watched:
+            assert self._poller is not None
+            self._poller.watch(self._transport_socket(), self._on_readable)
+            self._watched = True
+
+    def _end(self, reason: ConnectionClosed | Exception) -> None:
+        on_end = self._on_end
+        self._stop_delivery()
+        if on_end is not None:
+            on_end(reason)
+
+    def _stop_delivery(self) -> None:
+        self._on_messages = self._on_end = None
+        self._unwatch()
+        self._resumed.unpark_all()
+
+    def _unwatch(self) -> None:
+        if self._watched:
+            assert self._poller is not None
+            self._poller.unwatch(self._transport_socket())
+            self._watched = False
+
+    def _transport_socket(self) -> socket.socket:
+        assert isinstance(self._transport, _SocketTransport)
+        return self._transport.sock
 
     # -- sending ---------------------------------------------------------------------------
 
@@ -380,6 +554,7 @@ class WebSocket:
             await self._closed.wait()
             return
         self._closing = True
+        self._stop_delivery()
         try:
             with trio.move_on_after(self._close_timeout):
                 frame = self._codec.close(code, reason)
@@ -408,6 +583,7 @@ class WebSocket:
         finally:
             self._can_send = False
             self._eof = True  # nothing more can be read from a closed socket
+            self._unwatch()  # before the descriptor is closed (and can be reused)
             await self._transport.aclose()
             self._closed.set()
 
@@ -429,6 +605,7 @@ class WebSocket:
         if exc_type is None:
             await self.close()
             return
+        self._stop_delivery()
         cancelled = isinstance(exc, trio.Cancelled) or (
             isinstance(exc, BaseExceptionGroup) and exc.split(trio.Cancelled)[1] is None
         )
