@@ -30,7 +30,7 @@ lint: $(STAMP)
 check: test lint
 
 bench: $(STAMP)
-	$(BIN)/python bench/run-all
+	$(BIN)/python bench/run-all $(ARGS)
 
 clean:
 	rm -rf $(VENV)
