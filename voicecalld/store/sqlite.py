@@ -7,9 +7,11 @@ Invariants, and why:
   (WAL, ``synchronous=FULL``: durable when COMMIT returns), and only then wakes the callers.
   So :meth:`SqliteStore.write` returns only after its write is durable, and concurrent writers
   share one fsync (group commit) instead of queueing for one each.
-- **Writes are isolated inside a batch.** Each runs under its own savepoint: a write that breaks
-  a constraint is rolled back alone and fails alone (:class:`RejectedWrite`); the others of its
-  batch commit. Event ids are assigned in submission order, so they increase in commit order.
+- **Writes are isolated inside a batch.** A write that breaks a constraint is rolled back alone
+  and fails alone (:class:`RejectedWrite`); the others of its batch commit. A batch is first
+  applied without savepoints, since nearly every batch is all good; only when one write fails
+  is it applied again with a savepoint per write. Event ids are assigned in submission order,
+  so they increase in commit order.
 - **A writer that stops fails everyone, hangs no one.** A batch whose transaction fails (disk
   full, I/O error) fails all its writes with :class:`StoreError` and stops the writer, which
   raises out of :meth:`SqliteStore.serve` so the runtime restarts; pending and later writes
