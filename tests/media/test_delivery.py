@@ -216,6 +216,33 @@ async def test_the_socket_leaves_the_poller_before_it_is_closed(
         assert len(poller) == 0
 
 
+async def test_a_delivery_that_starts_paused_keeps_the_handshake_messages_until_resumed(
+    nursery: trio.Nursery, poller: Poller
+) -> None:
+    codec = Codec(Role.CLIENT)
+    async with connected(codec.text(b"with the handshake")) as (ws, _):
+        receiver = Receiver()
+        ws.pause()
+        ws.deliver(poller, receiver.messages, receiver.end)
+        assert receiver.batches == []
+        ws.resume()
+        assert receiver.data == [b"with the handshake"]
+
+
+async def test_resuming_after_the_poller_stopped_delivers_nothing_and_raises_nothing() -> None:
+    """The runtime was cancelled while a job (a digit being recorded) held the delivery."""
+    async with connected() as (ws, client):
+        poller, receiver = Poller(), Receiver()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(poller.run)
+            ws.deliver(poller, receiver.messages, receiver.end)
+            ws.pause()
+            nursery.cancel_scope.cancel()
+        await client.send_all(Codec(Role.CLIENT).text(b"too late"))
+        ws.resume()
+        assert (receiver.batches, receiver.ends, len(poller)) == ([], [], 0)
+
+
 async def test_only_a_raw_socket_can_be_polled(nursery: trio.Nursery, poller: Poller) -> None:
     stream_left, _ = trio.testing.memory_stream_pair()
     request = parse_request(

@@ -16,6 +16,7 @@ import pytest
 
 from tests.media.support import carrier_message, media_rig
 from tests.support import wait_until
+from voicecalld.calls.model import EndReason
 from voicecalld.carriers.base import StreamAudio, StreamEvent
 from voicecalld.media import streams
 from voicecalld.media.websocket import CloseCode, Codec, Role
@@ -108,6 +109,32 @@ async def test_both_ways_and_a_hang_up(tmp_path: Path, reader: str) -> None:
         app.send_json({"type": "hangup"})
         closed, _ = await carrier.closed()
         assert (closed.code, closed.reason) == (CloseCode.NORMAL, "the application hung up")
+
+
+@pytest.mark.parametrize("first", ["app", "carrier"])
+async def test_an_app_hang_up_that_comes_with_the_carriers_stop_ends_the_call(
+    tmp_path: Path, reader: str, first: str
+) -> None:
+    """The stream is over with the carrier's ``stop``, but the app's ``hangup``, read in the
+    same breath, is still done: the call ends ``hangup-bot``, not later ``stream-lost``."""
+    async with media_rig(tmp_path) as rig:
+        call_id, token = await rig.mock_call(SID)
+        carrier = await rig.carrier("mock")
+        carrier.ws.send_text(twilio("start", {"t0k3n": token}))
+        app = await rig.app.next()
+        assert (await app.json())["type"] == "start"
+        # both written before the daemon runs again: both sockets are ready at once
+        if first == "app":
+            app.send_json({"type": "hangup"})
+            carrier.ws.send_text(twilio("stop"))
+        else:
+            carrier.ws.send_text(twilio("stop"))
+            app.send_json({"type": "hangup"})
+        await carrier.closed()
+        await app.closed()
+        await wait_until(lambda: call_id not in rig.daemon.manager.calls)
+        ended = await rig.daemon.manager.get(call_id)
+        assert ended.end_reason is EndReason.HANGUP_BOT
 
 
 async def test_a_bug_in_handling_a_message_ends_the_stream_and_is_logged(

@@ -346,10 +346,7 @@ class WebSocket:
         self._start_delivery(on_messages, on_end)
         self._poller = poller
         self._recv = self._transport.sock.recv
-        if self._backlog:
-            batch, self._backlog = self._backlog, []
-            self._hand(batch)
-        self._watch_or_end()
+        self._hand_backlog_or_watch()
 
     async def pump(
         self,
@@ -390,10 +387,10 @@ class WebSocket:
         if not self._paused:
             return
         self._paused = False
-        if self._poller is not None:
-            self._watch_or_end()
-        else:
+        if self._poller is None:
             self._resumed.unpark_all()
+        elif self._poller.running:  # else the runtime is ending: nothing more to deliver
+            self._hand_backlog_or_watch()
 
     def _start_delivery(
         self,
@@ -431,6 +428,15 @@ class WebSocket:
             self._on_messages(batch)
         except Exception as error:
             self._end(error)
+
+    def _hand_backlog_or_watch(self) -> None:
+        """Poller mode, not paused: what came with the handshake first, then the socket."""
+        if self._paused:
+            return
+        if self._backlog:
+            batch, self._backlog = self._backlog, []
+            self._hand(batch)
+        self._watch_or_end()
 
     def _watch_or_end(self) -> None:
         """Poller mode, delivering and not paused: report the end if it came, else watch."""

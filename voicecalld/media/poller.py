@@ -72,6 +72,11 @@ class Poller:
         """How many sockets are watched."""
         return len(self._callbacks)
 
+    @property
+    def running(self) -> bool:
+        """Whether :meth:`run` runs: sockets can be watched."""
+        return self._epoll is not None
+
     def watch(self, sock: socket.socket, on_readable: Callable[[], object]) -> None:
         """Call ``on_readable()`` whenever ``sock`` has bytes to read (or has ended), from the
         poller's task, until :meth:`unwatch`."""

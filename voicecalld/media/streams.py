@@ -13,14 +13,16 @@ bridged frame.)
 What cannot be done without awaiting (recording a DTMF digit; ending the call on a hang-up,
 on bad audio from the app, or when its bridge closes) is a *job* for the stream's own task,
 which otherwise only waits for the stream's end. Jobs run one at a time, in the order they
-came. A side whose next messages must wait for a job is paused meanwhile: after a digit, the
-carrier's next messages are handled once the digit is recorded, in order; after a hang-up,
-nothing more is read from the app. A
-callback that raises (a bug) makes the stream's task raise it, so it is logged like any failed
-connection. TLS websockets, which a poller cannot read, and every websocket where ``epoll`` is
-missing, are read by a task each (:meth:`~voicecalld.media.connection.WebSocket.pump`) that
-calls the same callbacks. The poller's task is :meth:`MediaStreams.run`, the runtime's
-``media`` step (see :mod:`voicecalld.media.poller`).
+came, and those asked for before the stream was over still run after it (an app's hang-up
+that came with the carrier's ``stop`` still ends the call ``hangup-bot``). A side whose next
+messages must wait for a job is paused meanwhile: after a digit, the carrier's next messages
+are handled once the digit is recorded, in order; after a hang-up, nothing more is read from
+the app. A callback that raises (a bug) makes the stream's task raise it, so it is logged like
+any failed connection. TLS websockets, which a poller cannot read, and every websocket where
+``epoll`` is missing, are read by a task each
+(:meth:`~voicecalld.media.connection.WebSocket.pump`) that calls the same callbacks. The
+poller's task is :meth:`MediaStreams.run`, the runtime's ``media`` step (see
+:mod:`voicecalld.media.poller`).
 
 Admission, in order: the request head within ``server.body_timeout``; a provider that is
 enabled (404); ``media.max_streams`` streams admitted and not yet closed (503),
@@ -448,15 +450,15 @@ class MediaStreams:
             nursery.start_soon(ws.pump, on_messages, on_end)
 
     async def _run_jobs(self, stream: _Stream) -> None:
-        """Until the stream is over, run what its callbacks could not do without waiting, in
-        the order they asked; raise what a callback raised."""
+        """Run what the callbacks could not do without waiting, in the order they asked, until
+        the stream is over and none is left; raise what a callback raised."""
         while True:
             if stream.failure is not None:
                 raise stream.failure
-            if stream.over:
-                return
-            if stream.jobs:
+            if stream.jobs:  # first, even when over: an app's hang-up must still end the call
                 await stream.jobs.popleft()()
+            elif stream.over:
+                return
             else:
                 stream.wake = trio.Event()
                 await stream.wake.wait()
@@ -466,6 +468,8 @@ class MediaStreams:
         stream.wake.set()
 
     def _over(self, stream: _Stream) -> None:
+        """The stream ends: its task runs the jobs asked for until then (and any that what is
+        already read asks for), then closes both sides."""
         stream.over = True
         stream.wake.set()
 
@@ -530,6 +534,8 @@ class MediaStreams:
         """Record a digit the caller pressed, then go on with the carrier's messages."""
         assert stream.call is not None
         await self.manager.record(stream.call.id, EventType.DTMF, {"digit": digit})
+        if stream.over:
+            return  # ended meanwhile (the app hung up): the carrier's rest is not handled
         if self._from_carrier(stream, rest):
             stream.carrier_ws.resume()
 
