@@ -644,8 +644,10 @@ class MediaStreams:
         self._later(stream, job)
 
     def _fail(self, stream: _Stream, error: Exception) -> None:
-        """A callback raised (a bug): the stream's task raises it, as a loop of its own would."""
-        stream.failure = error
+        """A callback raised (a bug): the stream's task raises it, as a loop of its own would
+        (the first one, if both sides failed: what followed may be its consequence)."""
+        if stream.failure is None:
+            stream.failure = error
         stream.wake.set()
 
     # -- the end of a stream -----------------------------------------------------------------
