@@ -2,9 +2,12 @@
 
 One public port serves webhooks, the control API and carrier media streams. Each accepted
 connection is routed by its first bytes, read with ``MSG_PEEK`` so nothing is consumed:
-``GET /media/`` goes down the media fast path (our own websocket codec on the raw socket), anything
-else to hypercorn's per-connection server. Routing is per connection: carriers open a fresh
-connection for every media stream, so a stream's upgrade is always a connection's first request.
+``GET /media/`` goes down the media fast path (our own websocket codec on the raw socket),
+``POST /webhooks/`` to the webhook fast path (:mod:`voicecalld.http.fastpath`, which hands the
+connection on to hypercorn at its first request that is not a plain webhook), anything else to
+hypercorn's per-connection server. Routing is per connection: carriers open a fresh connection
+for every media stream, so a stream's upgrade is always a connection's first request. Over TLS
+everything but media goes to hypercorn.
 
 Because the accept loop is ours, the connection cap, SIGHUP rebinding (a new accept loop on a new
 socket while live connections continue) and draining live in this one place.
@@ -20,6 +23,7 @@ from typing import Final
 
 import trio
 
+from voicecalld.http.fastpath import WEBHOOK_PREFIX, WebhookFastPath
 from voicecalld.http.server import HttpServer
 from voicecalld.listeners import Listener
 
@@ -28,6 +32,8 @@ __all__ = ["MEDIA_PREFIX", "FrontDoor", "MediaServer"]
 log = logging.getLogger("voicecalld.frontdoor")
 
 MEDIA_PREFIX: Final = b"GET /media/"
+_PREFIXES: Final = (MEDIA_PREFIX, WEBHOOK_PREFIX)
+_PEEK: Final = max(len(prefix) for prefix in _PREFIXES)
 MAX_CONNECTIONS: Final = 4096
 """Connections beyond this are closed at once: file descriptors are finite."""
 
@@ -44,15 +50,23 @@ class FrontDoor:
         *,
         peek_timeout: float,
         tls: ssl.SSLContext | None = None,
+        webhooks: WebhookFastPath | None = None,
     ) -> None:
         self.http = http
         self.media = media
+        self.webhooks = webhooks
         self.peek_timeout = peek_timeout
         self.tls = tls
         self.connections = 0
         self._nursery: trio.Nursery | None = None
         self._accepting: dict[Listener, trio.CancelScope] = {}
         self._idle = trio.Event()
+
+    def reconfigure(self, peek_timeout: float) -> None:
+        """SIGHUP: a new ``server.body_timeout`` for the heads of new requests."""
+        self.peek_timeout = peek_timeout
+        if self.webhooks is not None:
+            self.webhooks.head_timeout = peek_timeout
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Own the connections (they outlive any one listener) until cancelled."""
@@ -78,6 +92,8 @@ class FrontDoor:
         ``grace`` seconds for connections to end; the caller then cancels the rest."""
         for listener in list(self._accepting):
             self.stop_listening(listener)
+        if self.webhooks is not None:
+            self.webhooks.close_idle()
         await self.http.close_idle()
         with trio.move_on_after(grace):
             while self.connections:
@@ -108,8 +124,12 @@ class FrontDoor:
         try:
             if self.tls is not None:
                 await self._serve_tls(conn, peer)
-            elif self.media is not None and await self._is_media(conn):
+                return
+            first = await self._first_bytes(conn)
+            if self.media is not None and first == MEDIA_PREFIX:
                 await self.media(conn, peer, b"")
+            elif self.webhooks is not None and first == WEBHOOK_PREFIX:
+                await self.webhooks.serve(conn, peer, self.http.serve)
             else:
                 await self.http.serve(trio.SocketStream(conn))
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
@@ -123,19 +143,25 @@ class FrontDoor:
             if not self.connections:
                 self._idle.set()
 
-    async def _is_media(self, conn: trio.socket.SocketType) -> bool:
-        """Peek at the request line, without consuming it, until it tells media from the rest.
+    async def _first_bytes(self, conn: trio.socket.SocketType) -> bytes:
+        """Peek at the request line, without consuming it, until it tells a fast path's prefix
+        (returned) from the rest (``b""``).
 
         A client sending one byte at a time gets ``peek_timeout`` in total; a peeked prefix stays
         readable, so partial heads are re-peeked after a short pause rather than busy-looping.
         """
         with trio.move_on_after(self.peek_timeout):
             while True:
-                head = await conn.recv(len(MEDIA_PREFIX), socket.MSG_PEEK)
-                if len(head) >= len(MEDIA_PREFIX) or not MEDIA_PREFIX.startswith(head) or not head:
-                    return head == MEDIA_PREFIX
+                head = await conn.recv(_PEEK, socket.MSG_PEEK)
+                if not head:
+                    return b""
+                for prefix in _PREFIXES:
+                    if head.startswith(prefix):
+                        return prefix
+                if not any(prefix.startswith(head) for prefix in _PREFIXES):
+                    return b""
                 await trio.sleep(0.005)
-        return False
+        return b""
 
     async def _serve_tls(self, conn: trio.socket.SocketType, peer: str) -> None:
         """HTTPS/WSS: TLS hides the request line from ``MSG_PEEK``, so the first bytes are read

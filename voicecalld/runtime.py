@@ -36,6 +36,7 @@ from voicecalld.config import Config
 from voicecalld.frontdoor import FrontDoor
 from voicecalld.http import api, events, health, webhooks
 from voicecalld.http.app import App, Route
+from voicecalld.http.fastpath import WebhookFastPath
 from voicecalld.http.health import Phase, Readiness
 from voicecalld.http.server import HttpServer
 from voicecalld.media.streams import MediaStreams
@@ -58,6 +59,8 @@ STEPS: Final = (
     "restore",
     "reaper",
 )
+KEEP_ALIVE_TIMEOUT: Final = 5.0
+"""Seconds an idle keep-alive HTTP connection is kept open (hypercorn's and the fast path's)."""
 T = TypeVar("T")
 
 
@@ -196,10 +199,15 @@ class Runtime:
         config = self.config
         self._app = App(self._routes(self.token), self.metrics, config.server.trusted_proxies)
         self._frontdoor = FrontDoor(
-            HttpServer(self._app),
+            HttpServer(self._app, keep_alive_timeout=KEEP_ALIVE_TIMEOUT),
             self.streams.serve,
             peek_timeout=config.server.body_timeout,
             tls=_tls(config),
+            webhooks=WebhookFastPath(
+                self._app,
+                keep_alive_timeout=KEEP_ALIVE_TIMEOUT,
+                head_timeout=config.server.body_timeout,
+            ),
         )
         await self._nursery.start(self._frontdoor.run)
         for listener in self.listeners:
@@ -243,6 +251,8 @@ class Runtime:
         if self.streams is not None:
             self.streams.reconfigure(config)
         self._app.reconfigure(self._routes(self.token), config.server.trusted_proxies)
+        if self._frontdoor is not None:
+            self._frontdoor.reconfigure(config.server.body_timeout)
 
     async def _rebind(self, config: Config) -> None:
         assert self._frontdoor is not None
