@@ -5,6 +5,8 @@ keep-alive, pipelining, the hand-over to hypercorn, closing, timeouts and draini
 
 from __future__ import annotations
 
+import socket
+import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -55,6 +57,7 @@ def test_connection_close_is_noted() -> None:
         ("another path", PLAIN.replace(b"/webhooks/twilio", b"/v1/calls")),
         ("HTTP/1.0", PLAIN.replace(b"HTTP/1.1", b"HTTP/1.0")),
         ("no Host", PLAIN.replace(b"Host: a.example\r\n", b"")),
+        ("two Hosts", PLAIN.replace(b"\r\n\r\n", b"\r\nHost: b.example\r\n\r\n")),
         ("no Content-Length", PLAIN.replace(b"Content-Length: 12\r\n", b"")),
         ("two Content-Lengths", PLAIN.replace(b"\r\n\r\n", b"\r\nContent-Length: 12\r\n\r\n")),
         ("a signed length", PLAIN.replace(b"Length: 12", b"Length: +12")),
@@ -340,3 +343,42 @@ async def test_a_reload_applies_a_new_body_timeout_to_request_heads(
             started = trio.current_time()
             assert await carrier.closed()
             assert 2.9 < trio.current_time() - started < 3.5
+
+
+async def test_a_client_reset_mid_body_is_a_disconnect_to_the_app() -> None:
+    """As through hypercorn: the route then refuses the partial body (403), never a 500."""
+    entered, go = trio.Event(), trio.Event()
+    received: list[dict[str, object]] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        entered.set()
+        await go.wait()
+        received.append(await receive())
+        await send({"type": "http.response.start", "status": 403, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def hypercorn(stream: trio.abc.Stream) -> None:
+        raise AssertionError("not handed on")
+
+    fast = WebhookFastPath(app, keep_alive_timeout=5.0, head_timeout=1.0)
+    listener = trio.socket.socket()
+    with listener:
+        await listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        client = trio.socket.socket()
+        await client.connect(listener.getsockname())
+        server, _ = await listener.accept()
+        with server, client:
+            await client.send(PLAIN + b"CallSid")  # 7 of the 12 bytes of body
+
+            async def serving() -> None:
+                with pytest.raises((BrokenPipeError, ConnectionResetError)):
+                    await fast.serve(server, "127.0.0.1", hypercorn)  # the answer can't go
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(serving)
+                await entered.wait()
+                client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                client.close()  # a reset, while the app has not read the body yet
+                go.set()
+    assert received == [{"type": "http.disconnect"}]

@@ -11,8 +11,8 @@ hypercorn through it, and above bare hypercorn through this loop. The front door
 Invariants, and why:
 
 - **Only the plain case is ours.** A request is served here only if its head parses strictly
-  (:func:`parse_head`): ``POST`` to ``/webhooks/``, ``HTTP/1.1``, a ``Host``, exactly one
-  ``Content-Length``, no ``Transfer-Encoding``, ``Expect`` or ``Upgrade``, visible ASCII in
+  (:func:`parse_head`): ``POST`` to ``/webhooks/``, ``HTTP/1.1``, exactly one ``Host`` and
+  one ``Content-Length``, no ``Transfer-Encoding``, ``Expect`` or ``Upgrade``, visible ASCII in
   the target, header names that are tokens, no folded lines, the head within 16 KiB. Anything
   else, on any request of the connection, hands the whole connection, from that request on
   (the bytes already read are replayed), to hypercorn, which answers it as it answers
@@ -27,7 +27,10 @@ Invariants, and why:
   otherwise be taken for the next request. ``Connection: close`` from the client is honoured.
 - **Timeouts as hypercorn's.** An idle keep-alive connection is closed after
   ``keep_alive_timeout``; a request head must arrive whole within ``head_timeout`` of its first
-  byte; the body's own timeout (408) is the webhook route's, as before.
+  byte (the first request's, of the front door's peek at its first bytes, which has the same
+  timeout of its own); the body's own timeout (408) is the webhook route's, as before.
+- **A client that goes away** mid-request is a disconnect to the app, as with hypercorn, never
+  a failure of ours (no 5xx, no error log).
 - **Draining**: :meth:`WebhookFastPath.close_idle` closes connections waiting for a request at
   once and the others after the response in flight, like hypercorn's graceful close.
 """
@@ -37,6 +40,7 @@ from __future__ import annotations
 import email.utils
 import http
 import re
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, final
@@ -97,7 +101,8 @@ def parse_head(head: bytes) -> Head | None:
     target, block = matched.groups()
     headers: list[tuple[bytes, bytes]] = []
     lengths: list[bytes] = []
-    host = close = False
+    hosts = 0
+    close = False
     for line in block.split(b"\r\n")[:-1]:
         name, _, value = line.partition(b":")
         name, value = name.lower(), value.strip(b" \t")
@@ -106,14 +111,14 @@ def parse_head(head: bytes) -> Head | None:
         if name == b"content-length":
             lengths.append(value)
         elif name == b"host":
-            host = True
+            hosts += 1
         elif name == b"connection":
             tokens = {token.strip().lower() for token in value.split(b",")}
             if b"upgrade" in tokens:
                 return None
             close = close or b"close" in tokens
         headers.append((name, value))
-    if not host or len(lengths) != 1 or not lengths[0].isdigit() or len(lengths[0]) > 12:
+    if hosts != 1 or len(lengths) != 1 or not lengths[0].isdigit() or len(lengths[0]) > 12:
         return None
     return Head(target, headers, int(lengths[0]), close)
 
@@ -148,6 +153,9 @@ class WebhookFastPath:
     async def serve(self, conn: trio.socket.SocketType, peer: str, handoff: Handoff) -> None:
         """Serve ``conn`` until the client or a graceful stop closes it, or hand it to
         hypercorn. The caller closes ``conn``."""
+        if conn.family in (socket.AF_INET, socket.AF_INET6):
+            # as trio.SocketStream does for hypercorn: a response must not wait for Nagle
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         client = (peer, 0)
         buffered = b""
         while not self._closing:
@@ -240,7 +248,10 @@ class _Request:
         if self._received:
             return {"type": "http.disconnect"}
         while len(self._pending) < self._length:
-            data = await self._conn.recv(_RECV)
+            try:
+                data = await self._conn.recv(_RECV)
+            except OSError:  # reset by the client: gone, as for hypercorn, not our failure
+                data = b""
             if not data:
                 return {"type": "http.disconnect"}
             self._pending += data
