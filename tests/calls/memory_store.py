@@ -24,9 +24,10 @@ class MemoryStore:
     async def write(
         self, calls: Sequence[Call], events: Sequence[NewEvent] = (), webhook_key: str | None = None
     ) -> list[StoredEvent]:
-        await trio.lowlevel.checkpoint()
+        # applied at once, then a checkpoint: in call order, as the real store (Store.write)
         if webhook_key is not None:
             if webhook_key in self.keys:
+                await trio.lowlevel.checkpoint()
                 raise DuplicateWebhookKey(webhook_key)
             self.keys[webhook_key] = self.clock()
         for call in calls:
@@ -38,6 +39,7 @@ class MemoryStore:
         self.events += stored
         if stored and self.on_commit is not None:
             self.on_commit(stored)
+        await trio.lowlevel.checkpoint()
         return stored
 
     async def get(self, call_id: str) -> Call | None:

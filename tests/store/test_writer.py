@@ -6,6 +6,7 @@ import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 
+import attrs
 import pytest
 import trio
 import trio.testing
@@ -245,3 +246,22 @@ async def test_a_failing_on_commit_stops_the_store_after_the_commit(tmp_path: Pa
     assert [str(exc) for exc in serve_failed] == ["feed bug"]
     async with SqliteStore.open(tmp_path) as reopened:
         assert await reopened.events_after(0, 10) == [event]
+
+
+async def test_the_write_called_last_is_the_row_kept(store: SqliteStore) -> None:
+    """Writes are queued in the order they are called: the manager writes a call's newest
+    version last, and an older one queued after it would bring an ended call back to life."""
+    call = make_call(1)
+    await store.write([call], [created(call)])
+    called: list[str] = []
+
+    async def writer(version: str) -> None:
+        called.append(version)  # nothing awaited between this and the write's call
+        await store.write([attrs.evolve(call, metadata={"version": version})])
+
+    for _ in range(20):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(writer, "one")
+            nursery.start_soon(writer, "other")
+        stored = await store.get(call.id)
+        assert stored is not None and stored.metadata == {"version": called[-1]}

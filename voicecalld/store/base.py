@@ -58,7 +58,9 @@ class Store(Protocol):
     ) -> list[StoredEvent]:
         """Upsert ``calls``, append ``events`` and record ``webhook_key``, durably and atomically.
 
-        Returns the events as stored, with their ids, in the order given.
+        Returns the events as stored, with their ids, in the order given. Writes take effect
+        in the order they are called, whatever order their callers resume in: the manager
+        writes a call's newest version last, and that must be the row that stays.
         """
         ...
 

@@ -6,7 +6,8 @@ Invariants, and why:
   task, which runs all that is pending in ONE transaction in a worker thread, commits it
   (WAL, ``synchronous=FULL``: durable when COMMIT returns), and only then wakes the callers.
   So :meth:`SqliteStore.write` returns only after its write is durable, and concurrent writers
-  share one fsync (group commit) instead of queueing for one each.
+  share one fsync (group commit) instead of queueing for one each. A write is queued before
+  its caller first awaits, so writes are applied in the order they were called.
 - **Writes are isolated inside a batch.** A write that breaks a constraint is rolled back alone
   and fails alone (:class:`RejectedWrite`); the others of its batch commit. A batch is first
   applied without savepoints, since nearly every batch is all good; only when one write fails
@@ -524,8 +525,10 @@ class SqliteStore:
     async def _submit(
         self, apply: Callable[[sqlite3.Connection], T], *, publishes: bool = False
     ) -> T:
-        await trio.lowlevel.checkpoint()
+        # Queued before anything is awaited: writes are applied in the order they are called,
+        # so a call's newest version, written last, is the row that stays.
         if self._stopped is not None:
+            await trio.lowlevel.checkpoint()
             raise StoreError(self._stopped)
         op = _Op(apply, publishes=publishes)
         self._pending.append(op)
