@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -29,6 +30,7 @@ from voicecalld.carriers.base import (
 from voicecalld.carriers.twilio.stream import TwilioStream
 from voicecalld.config import Config
 from voicecalld.metrics import Metrics
+from voicecalld.store.base import StoreError
 from voicecalld.testing import make_config
 
 
@@ -435,3 +437,43 @@ async def test_out_of_order_callbacks_never_move_backwards(
         stored = await r.store.get(call.id)
         assert stored is not None
         assert (stored.state, stored.end_reason) == (State.ENDED, EndReason.BUSY)
+
+
+@pytest.mark.parametrize("first_fails", [False, True])
+async def test_a_copy_of_a_webhook_being_applied_waits_for_the_first(
+    tmp_path: Path,
+    autojump_clock: trio.testing.MockClock,
+    monkeypatch: pytest.MonkeyPatch,
+    first_fails: bool,
+) -> None:
+    """Answered before the first is durable, a copy would tell the carrier the event is safe
+    when a crash could still lose it; if the first fails, the copy is applied instead."""
+    async with rig(tmp_path) as r, trio.open_nursery() as nursery:
+        gate = trio.Event()
+        write = r.store.write
+
+        async def slow_write(*args: object, **kwargs: object) -> object:
+            await gate.wait()
+            if first_fails:
+                raise StoreError("disk full")
+            return await write(*args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(r.store, "write", slow_write)
+        ringing = event(WebhookKind.RINGING, direction=Direction.OUTBOUND_API)
+
+        async def first() -> None:
+            with contextlib.suppress(StoreError):
+                await r.manager.on_event("mock", ringing, "key-1")
+
+        nursery.start_soon(first)
+        await trio.testing.wait_all_tasks_blocked()
+        answers: list[bool] = []
+
+        async def copy() -> None:
+            answers.append(await r.manager.replayed("key-1"))
+
+        nursery.start_soon(copy)
+        await trio.testing.wait_all_tasks_blocked()
+        assert answers == [], "no answer while the first is not durable"
+        gate.set()
+    assert answers == [not first_fails]

@@ -156,6 +156,8 @@ class CallManager:
         self._owed: dict[str, _Owed] = {}
         self._hanging_up: set[str] = set()
         self._replays: OrderedDict[str, float] = OrderedDict()
+        self._applying: dict[str, trio.Event] = {}
+        """Webhook keys whose event is being applied, not yet durable: see :meth:`replayed`."""
         self._resolving = trio.Lock()
         self._owed_wake = trio.Event()
         self.timers = Timers(self._expired)
@@ -395,8 +397,16 @@ class CallManager:
 
     # -- carrier events ------------------------------------------------------------------------
 
-    def seen(self, webhook_key: str) -> bool:
-        """Whether a verified webhook is a replay (same authenticated material seen before)."""
+    async def replayed(self, webhook_key: str) -> bool:
+        """Whether a verified webhook is a replay (same authenticated material, applied before).
+
+        A copy that comes while the first is still being applied waits for it: answered at
+        once, it would tell the carrier the event is safe before it is durable, and a crash
+        then would lose it. If the first failed, the copy is no replay and gets applied.
+        """
+        applying = self._applying.get(webhook_key)
+        if applying is not None:
+            await applying.wait()
         return webhook_key in self._replays
 
     async def on_event(
@@ -406,16 +416,20 @@ class CallManager:
 
         Returns what the webhook answer should tell the carrier.
         """
-        if webhook_key is not None:
-            self._replays[webhook_key] = trio.current_time()  # concurrent duplicates are replays
-            while len(self._replays) > REPLAY_MAX:
-                self._replays.popitem(last=False)
+        if webhook_key is None:
+            return await self._on_event(provider, event, None)
+        self._replays[webhook_key] = trio.current_time()  # concurrent duplicates are replays
+        while len(self._replays) > REPLAY_MAX:
+            self._replays.popitem(last=False)
+        applying = self._applying[webhook_key] = trio.Event()
         try:
             return await self._on_event(provider, event, webhook_key)
         except BaseException:
-            if webhook_key is not None:  # not durable: let the carrier's retry through
-                self._replays.pop(webhook_key, None)
+            self._replays.pop(webhook_key, None)  # not durable: let the carrier's retry through
             raise
+        finally:
+            del self._applying[webhook_key]
+            applying.set()
 
     async def _on_event(
         self, provider: str, event: WebhookEvent, webhook_key: str | None

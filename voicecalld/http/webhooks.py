@@ -120,7 +120,7 @@ def routes(
         if not verified:
             return refuse(request, provider, 403, "forbidden", "invalid signature")
         key = carrier.replay_key(received)
-        if manager.seen(key):
+        if await manager.replayed(key):
             request.note = "replay"
             metrics.webhooks.inc(provider=provider, outcome="replay")
             return _reply(carrier.reply(None, Instructions(Reply.ACK)))
