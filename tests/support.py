@@ -19,12 +19,6 @@ import trio
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def refused(port: int) -> bool:
     """Whether nothing listens on 127.0.0.1:``port`` (loopback refuses at once)."""
     with socket.socket() as sock:

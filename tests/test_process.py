@@ -15,7 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import ROOT, NotifySocket, daemon, free_port, refused, write_config
+from tests.support import ROOT, NotifySocket, daemon, refused, write_config
+from voicecalld.testing import free_port
 
 AUTH = {"Authorization": "Bearer test-token"}
 

@@ -16,11 +16,11 @@ import pytest
 import trio
 import trio.testing
 
-from tests.support import free_port, refused, wait_until
+from tests.support import refused, wait_until
 from voicecalld import statedir
 from voicecalld.runtime import STEPS, Faults
 from voicecalld.supervisor import Backoff
-from voicecalld.testing import make_config, running
+from voicecalld.testing import free_port, make_config, running
 
 FAST = Backoff(base=0.5, cap=2.0)
 
@@ -204,3 +204,17 @@ async def test_a_generated_token_is_private(tmp_path: Path) -> None:
         token_file = tmp_path / statedir.TOKEN_NAME
         assert token_file.stat().st_mode & 0o777 == 0o600
         assert (await daemon.api.get("/v1/calls")).status_code == 200
+
+
+def test_free_ports_come_from_outside_the_ephemeral_range() -> None:
+    """A port that binding port 0 could hand to another socket before the daemon binds it
+    (another test's server, a client) would make that daemon's start fail now and then."""
+    ranges = Path("/proc/sys/net/ipv4/ip_local_port_range")
+    if not ranges.exists():
+        pytest.skip("Linux tells its ephemeral range in /proc")
+    low, high = map(int, ranges.read_text().split())
+    ports = [free_port() for _ in range(20)]
+    assert all(not low <= port <= high for port in ports), ports
+    for port in ports:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))

@@ -22,6 +22,7 @@ simulator (:mod:`voicecalld.sim`), so tests place and receive calls as the carri
 
 from __future__ import annotations
 
+import random
 import socket
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -49,6 +50,7 @@ __all__ = [
     "QUICK",
     "Daemon",
     "SimulatedDaemon",
+    "free_port",
     "make_config",
     "running",
     "simulated",
@@ -279,7 +281,7 @@ async def simulated(
     :data:`QUICK`: answer after a tenth of a second, talk for one); ``keep_audio``: keep what
     voicecalld plays on each stream (``call.legs[0].received``).
     """
-    webhook_base = f"http://127.0.0.1:{_free_port()}"
+    webhook_base = f"http://127.0.0.1:{free_port()}"
     scenario = scenario or QUICK
     async with serve_simulator(webhook_base, scenario=scenario, keep_audio=keep_audio) as sim:
         config = simulated_config(sim, state_dir, document)
@@ -304,9 +306,30 @@ def _merged(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _free_port() -> int:
-    """A port free on loopback now (the daemon's public URL must be known before it starts)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+def free_port() -> int:
+    """A port free on loopback now, for a server whose address must be known before it starts
+    (a daemon's ``public_url``).
+
+    Drawn below the kernel's ephemeral range: a port from that range (what binding port 0
+    gives) can be handed to any socket that binds port 0 meanwhile (another test's server, a
+    client's connection) before our server binds it, and the daemon then fails to start.
+    """
+    low = _ephemeral_low()
+    for _ in range(100):
+        port = random.randrange(10_000, low) if low > 10_001 else 0
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            found: int = sock.getsockname()[1]
+            return found
+    raise RuntimeError("no free port on 127.0.0.1")
+
+
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (Linux; 32768 elsewhere)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768

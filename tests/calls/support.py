@@ -29,7 +29,6 @@ import httpx
 import pytest
 import trio
 
-from tests.support import free_port
 from voicecalld.calls.manager import CallManager
 from voicecalld.calls.model import (
     Call,
@@ -56,7 +55,7 @@ from voicecalld.sim.faults import Endpoint
 from voicecalld.sim.rest import FakeCarriers, serve_fake_carriers
 from voicecalld.sim.state import SimCall, SimStatus, new_carrier_id
 from voicecalld.store.sqlite import SqliteStore
-from voicecalld.testing import make_config
+from voicecalld.testing import free_port, make_config
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 PROVIDERS = ("twilio", "plivo", "telnyx", "mock")

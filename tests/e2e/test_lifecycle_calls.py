@@ -24,13 +24,13 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, WebSocketRequest, serve_websocket
 
-from tests.support import free_port, wait_until
+from tests.support import wait_until
 from voicecalld.media import g711
 from voicecalld.sim.faults import Endpoint, Fault
 from voicecalld.sim.scenario import Outcome, Scenario, WebhookFaults
 from voicecalld.sim.simulator import Simulator, serve_simulator
 from voicecalld.sim.state import SimStatus
-from voicecalld.testing import SimulatedDaemon, running, simulated, simulated_config
+from voicecalld.testing import SimulatedDaemon, free_port, running, simulated, simulated_config
 
 CARRIERS: Final = ("twilio", "plivo", "telnyx")
 QUICK: Final = Scenario(ring=0.05, talk=0.4)

@@ -20,11 +20,12 @@ import pytest
 import trio
 
 from tests.e2e.support import api, daemon, daemon_config, kill_9, twilio_fetch, wait_for
-from tests.support import free_port, wait_until
+from tests.support import wait_until
 from voicecalld.sim.faults import Endpoint, Fault
 from voicecalld.sim.rest import serve_fake_carriers
 from voicecalld.sim.state import SimCall, SimStatus
 from voicecalld.store.sqlite import SqliteStore
+from voicecalld.testing import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -19,9 +19,9 @@ from nacl.signing import SigningKey
 from plivo.utils.signature_v3 import construct_post_url, get_signature_v3
 from twilio.request_validator import RequestValidator
 
-from tests.support import free_port, wait_until
+from tests.support import wait_until
 from voicecalld.sim.rest import FakeCarriers, serve_fake_carriers
-from voicecalld.testing import Daemon, make_config, running
+from voicecalld.testing import Daemon, free_port, make_config, running
 
 SID = "CA" + "1" * 32
 

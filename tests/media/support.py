@@ -32,7 +32,7 @@ from plivo.utils.signature_v3 import construct_post_url, get_signature_v3
 from twilio.request_validator import RequestValidator
 
 from tests.carriers.helpers import sample
-from tests.support import free_port, wait_until
+from tests.support import wait_until
 from voicecalld.calls.model import Call
 from voicecalld.carriers import mock
 from voicecalld.carriers.telnyx.wire import decode_client_state
@@ -47,7 +47,7 @@ from voicecalld.media.handshake import (
 from voicecalld.media.websocket import Codec, Message, Role
 from voicecalld.sim.rest import FakeCarriers, RecordedRequest, serve_fake_carriers
 from voicecalld.sim.state import SimCall, SimStatus
-from voicecalld.testing import Daemon, make_config, running
+from voicecalld.testing import Daemon, free_port, make_config, running
 
 WAIT: Final = 5.0
 """Seconds any one expected message may take before the test fails. Under an autojump clock,

@@ -14,11 +14,12 @@ import pytest
 import trio
 
 from tests.media.support import WAIT, BridgeApp, Peer, Rig, carrier_message, media_rig
-from tests.support import free_port, wait_until
+from tests.support import wait_until
 from voicecalld.calls.model import EndReason
 from voicecalld.media import g711
 from voicecalld.media.connection import DEFAULT_MAX_BUFFER
 from voicecalld.media.websocket import CloseCode, Codec, Role
+from voicecalld.testing import free_port
 
 SID = "CA11111111111111111111111111111111"
 """The mock call's carrier id: the one the documented Twilio ``start`` names."""

@@ -10,7 +10,6 @@ import pytest
 import trio
 import trio.testing
 
-from tests.support import free_port
 from voicecalld import cli
 from voicecalld import config as configuration
 from voicecalld.config import Config
@@ -18,7 +17,7 @@ from voicecalld.sim import cli as sim_cli
 from voicecalld.sim.audio import Audio
 from voicecalld.sim.scenario import Scenario
 from voicecalld.sim.stats import Tally
-from voicecalld.testing import make_config, running
+from voicecalld.testing import free_port, make_config, running
 
 
 def init(tmp_path: Path, *extra: str) -> tuple[Path, Config]:
