@@ -181,39 +181,7 @@ class FrontDoor:
         if self.media is not None and head.startswith(MEDIA_PREFIX):
             await self.media(stream, peer, head)
         else:
-            await self.http.serve(_Replayed(stream, head))
-
-
-class _Replayed(trio.abc.Stream):
-    """A TLS stream whose first bytes were read by the front door: they are received again
-    first. Hypercorn duck-types its stream: these are the members it uses."""
-
-    def __init__(self, stream: trio.SSLStream[trio.SocketStream], head: bytes) -> None:
-        self._stream = stream
-        self._head = head
-        self.transport_stream = stream.transport_stream
-
-    async def do_handshake(self) -> None:
-        await self._stream.do_handshake()  # done already: returns at once
-
-    def selected_alpn_protocol(self) -> str | None:
-        protocol: str | None = self._stream.selected_alpn_protocol()
-        return protocol
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        if self._head:
-            head, self._head = self._head, b""
-            return head
-        return bytes(await self._stream.receive_some(max_bytes))
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self._stream.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self._stream.wait_send_all_might_not_block()
-
-    async def aclose(self) -> None:
-        await self._stream.aclose()
+            await self.http.serve(stream, head)
 
 
 def _peer(address: object) -> str:

@@ -283,8 +283,8 @@ async def test_the_loop_gives_the_app_asgi_scopes_and_hands_the_rest_on() -> Non
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"ok"})
 
-    async def hypercorn(stream: trio.abc.Stream) -> None:
-        handed.append(bytes(await stream.receive_some(65536)))
+    async def hypercorn(stream: trio.abc.Stream, received: bytes) -> None:
+        handed.append(received)
         await stream.send_all(b"HTTP/1.1 204 No Content\r\n\r\n")
 
     ours, theirs = trio.socket.socketpair()
@@ -357,7 +357,7 @@ async def test_a_client_reset_mid_body_is_a_disconnect_to_the_app() -> None:
         await send({"type": "http.response.start", "status": 403, "headers": []})
         await send({"type": "http.response.body", "body": b""})
 
-    async def hypercorn(stream: trio.abc.Stream) -> None:
+    async def hypercorn(stream: trio.abc.Stream, received: bytes) -> None:
         raise AssertionError("not handed on")
 
     fast = WebhookFastPath(app, keep_alive_timeout=5.0, head_timeout=1.0)

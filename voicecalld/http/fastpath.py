@@ -69,8 +69,9 @@ _HANDED_OFF: Final = frozenset({b"transfer-encoding", b"expect", b"upgrade"})
 _REASONS: Final = {status.value: status.phrase.encode() for status in http.HTTPStatus}
 
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-Handoff = Callable[[trio.abc.Stream], Awaitable[None]]
-"""Serves the rest of a connection with hypercorn (the stream replays what was read)."""
+Handoff = Callable[[trio.abc.Stream, bytes], Awaitable[None]]
+"""Serves the rest of a connection with hypercorn, given what was read of it already
+(:meth:`voicecalld.http.server.HttpServer.serve`)."""
 
 
 @attrs.frozen
@@ -163,11 +164,11 @@ class WebhookFastPath:
             end = buffered.find(b"\r\n\r\n")
             if end < 0:
                 if len(buffered) > MAX_HEAD:  # hypercorn answers it (431, or 400)
-                    await handoff(_Replayed(trio.SocketStream(conn), buffered))
+                    await handoff(trio.SocketStream(conn), buffered)
                 return  # closed, or too slow
             head = parse_head(buffered[: end + 4])
             if head is None:
-                await handoff(_Replayed(trio.SocketStream(conn), buffered))
+                await handoff(trio.SocketStream(conn), buffered)
                 return
             request = _Request(conn, buffered[end + 4 :], head.content_length)
             path, _, query = head.target.partition(b"?")
@@ -271,31 +272,3 @@ async def _send_all(conn: trio.socket.SocketType, data: bytes) -> None:
     while view:
         sent = await conn.send(view)
         view = view[sent:]
-
-
-class _Replayed(trio.abc.HalfCloseableStream):
-    """A plain connection whose first bytes this loop read: received again first, by
-    hypercorn. Hypercorn duck-types its stream: these are the members it uses for plain TCP."""
-
-    def __init__(self, stream: trio.SocketStream, head: bytes) -> None:
-        self._stream = stream
-        self._head = head
-        self.socket: trio.socket.SocketType = stream.socket
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        if self._head:
-            head, self._head = self._head, b""
-            return head
-        return bytes(await self._stream.receive_some(max_bytes))
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self._stream.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self._stream.wait_send_all_might_not_block()
-
-    async def send_eof(self) -> None:
-        await self._stream.send_eof()
-
-    async def aclose(self) -> None:
-        await self._stream.aclose()

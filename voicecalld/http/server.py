@@ -37,8 +37,11 @@ class HttpServer:
         self._context = WorkerContext(None)
         self._state: dict[str, Any] = {}
 
-    async def serve(self, stream: trio.abc.Stream) -> None:
-        """Serve one connection until the client or :meth:`close_idle` ends it."""
+    async def serve(self, stream: trio.abc.Stream, received: bytes = b"") -> None:
+        """Serve one connection until the client or :meth:`close_idle` ends it; ``received``
+        is what the front door or the webhook fast path already read of it (read again first)."""
+        if received:
+            stream = _replayed(stream, received)
         state = ConnectionState(self._state.copy())
         # hypercorn annotates SSLStream but duck-types: a plain SocketStream is its other case
         server = TCPServer(self._app, self._config, self._context, state, stream)  # type: ignore[arg-type]
@@ -47,3 +50,58 @@ class HttpServer:
     async def close_idle(self) -> None:
         """Close keep-alive connections as they become idle; requests in flight still finish."""
         await self._context.terminated.set()
+
+
+def _replayed(stream: trio.abc.Stream, received: bytes) -> trio.abc.Stream:
+    """``stream`` with ``received`` read from it again first. Hypercorn duck-types its stream
+    (a TLS one has ``do_handshake``, a plain one a ``socket``): each wrapper has the members
+    hypercorn uses for its kind."""
+    if isinstance(stream, trio.SSLStream):
+        return _ReplayedTLS(stream, received)
+    assert isinstance(stream, trio.SocketStream)
+    return _ReplayedSocket(stream, received)
+
+
+class _Replayed(trio.abc.Stream):
+    def __init__(self, stream: trio.abc.Stream, received: bytes) -> None:
+        self._stream = stream
+        self._received = received
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self._received:
+            received, self._received = self._received, b""
+            return received
+        return bytes(await self._stream.receive_some(max_bytes))
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self._stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._stream.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+
+class _ReplayedSocket(_Replayed):
+    def __init__(self, stream: trio.SocketStream, received: bytes) -> None:
+        super().__init__(stream, received)
+        self._socket_stream = stream
+        self.socket = stream.socket
+
+    async def send_eof(self) -> None:
+        await self._socket_stream.send_eof()
+
+
+class _ReplayedTLS(_Replayed):
+    def __init__(self, stream: trio.SSLStream[trio.SocketStream], received: bytes) -> None:
+        super().__init__(stream, received)
+        self._tls = stream
+        self.transport_stream = stream.transport_stream
+
+    async def do_handshake(self) -> None:
+        await self._tls.do_handshake()  # done already: returns at once
+
+    def selected_alpn_protocol(self) -> str | None:
+        protocol: str | None = self._tls.selected_alpn_protocol()
+        return protocol
