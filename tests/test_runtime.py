@@ -206,6 +206,27 @@ async def test_a_generated_token_is_private(tmp_path: Path) -> None:
         assert (await daemon.api.get("/v1/calls")).status_code == 200
 
 
+@pytest.mark.parametrize("content", ["", "\n", "   "])
+async def test_an_empty_token_file_gets_a_new_token_not_an_open_door(
+    tmp_path: Path, content: str
+) -> None:
+    # a token file left empty (a crash mid-write before writes were atomic, an operator's
+    # truncation) must never make "Bearer " with nothing after it a valid credential
+    config = make_config(tmp_path, api={"token": ""})
+    (tmp_path / statedir.TOKEN_NAME).write_text(content)
+    async with (
+        running(config) as daemon,
+        httpx.AsyncClient(base_url=daemon.url) as anonymous,
+    ):
+        for header in ("Bearer", "bearer"):  # no credential: compared with an empty one
+            refused = await anonymous.get("/v1/calls", headers={"Authorization": header})
+            assert refused.status_code == 401, header
+        token = (tmp_path / statedir.TOKEN_NAME).read_text().strip()
+        assert len(token) >= 32
+        assert (tmp_path / statedir.TOKEN_NAME).stat().st_mode & 0o777 == 0o600
+        assert (await daemon.api.get("/v1/calls")).status_code == 200
+
+
 def test_free_ports_come_from_outside_the_ephemeral_range() -> None:
     """A port that binding port 0 could hand to another socket before the daemon binds it
     (another test's server, a client) would make that daemon's start fail now and then."""

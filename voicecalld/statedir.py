@@ -66,18 +66,20 @@ def unlock(fd: int) -> None:
 
 
 def api_token(state_dir: Path, configured: str) -> str:
-    """The control API token: ``api.token`` if set, else ``state_dir/api-token``, created 0600
-    with a random value on first start (clients on the same host read it from there)."""
+    """The control API token: ``api.token`` if set, else ``state_dir/api-token``, made 0600
+    with a random value on first start (clients on the same host read it from there).
+
+    The daemon calls this holding the state dir's lock, so no other daemon writes the file
+    meanwhile. It is written atomically, and a file that is empty anyway (an operator emptied
+    it) gets a new token: an empty token would be a credential everyone has.
+    """
     if configured:
         return configured
-    path = state_dir / TOKEN_NAME
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    except FileExistsError:
-        return read_api_token(state_dir, "")
-    with os.fdopen(fd, "w") as file:
-        file.write(secrets.token_urlsafe(32) + "\n")
-    return read_api_token(state_dir, "")
+    token = read_api_token(state_dir, "")
+    if not token:
+        token = secrets.token_urlsafe(32)
+        write_private(state_dir / TOKEN_NAME, token)
+    return token
 
 
 def read_api_token(state_dir: Path, configured: str) -> str:

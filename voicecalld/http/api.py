@@ -43,10 +43,13 @@ class BadRequest(Exception):
 
 
 def authorized(request: Request, token: str) -> bool:
+    """Whether the request bears ``token``; never for an empty token, whatever is sent."""
     given = request.headers.get("authorization", "")
     scheme, _, credential = given.partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(
-        credential.strip().encode(), token.encode()
+    return (
+        bool(token)
+        and scheme.lower() == "bearer"
+        and hmac.compare_digest(credential.strip().encode(), token.encode())
     )
 
 
