@@ -20,9 +20,19 @@ class MemoryStore:
         self.events: list[StoredEvent] = []
         self.keys: dict[str, datetime] = {}
         self.on_commit: Callable[[Sequence[StoredEvent]], None] | None = None
+        self.commits = trio.Lock()
+        """Held by a test, writes wait in line (reads see the older rows): a slow commit."""
 
     async def write(
         self, calls: Sequence[Call], events: Sequence[NewEvent] = (), webhook_key: str | None = None
+    ) -> list[StoredEvent]:
+        if self.commits.locked():  # trio's Lock is fair: held writes still apply in call order
+            async with self.commits:
+                return await self._apply(calls, events, webhook_key)
+        return await self._apply(calls, events, webhook_key)
+
+    async def _apply(
+        self, calls: Sequence[Call], events: Sequence[NewEvent], webhook_key: str | None
     ) -> list[StoredEvent]:
         # applied at once, then a checkpoint: in call order, as the real store (Store.write)
         if webhook_key is not None:

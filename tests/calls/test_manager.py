@@ -191,6 +191,38 @@ async def test_a_call_ended_while_dialing_is_hung_up_once_dialed(
         assert "hangup_owed" not in stored.metadata
 
 
+async def test_a_dial_returning_during_a_slow_end_write_leaves_the_call_ended(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    # The hang-up's end is in memory but its write still commits when the dial returns: the
+    # store has the call's older row, and writing that back (with the carrier's id, to owe the
+    # hang-up) would revive the call in the store.
+    async with rig(tmp_path) as r, trio.open_nursery() as nursery:
+        r.carrier.dial_gate = trio.Event()
+        placed: list[Call] = []
+
+        async def place() -> None:
+            placed.append(await r.manager.place("+15551234567", provider="mock"))
+
+        nursery.start_soon(place)
+        await trio.sleep(0.1)
+        (call_id,) = r.manager.calls
+        await r.store.commits.acquire()
+        nursery.start_soon(r.manager.hangup, call_id)
+        await trio.sleep(0.1)
+        assert call_id not in r.manager.calls, "ended in memory"
+        r.carrier.dial_gate.set()
+        await trio.sleep(0.1)
+        r.store.commits.release()
+        await trio.sleep(1)
+        assert placed[0].ended and placed[0].end_reason is EndReason.HANGUP_BOT
+        stored = await r.store.get(call_id)
+        assert stored is not None
+        assert (stored.state, stored.end_reason) == (State.ENDED, EndReason.HANGUP_BOT)
+        assert stored.provider_call_id == placed[0].provider_call_id
+        assert r.carrier.hangups == [call_id]
+
+
 async def test_ring_timeout_ends_an_unanswered_call(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:

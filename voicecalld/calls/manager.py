@@ -229,7 +229,13 @@ class CallManager:
         if call is None:
             return
         if answered is True and call.answered_at is None:
-            await self.set_state(call_id, State.ANSWERED)  # arms max duration from now
+            # answered while voicecalld was down, at a moment no carrier says: the max duration
+            # counts from the call's creation, the earliest the answer can have come, so the
+            # call cannot outlive calls.max_duration (its record's answered_at is now)
+            await self.set_state(call_id, State.ANSWERED)
+            if call_id in self.calls:
+                max_duration = self.config.calls.max_duration
+                self._arm_left(call_id, TimerKind.MAX_DURATION, max_duration, call.created_at)
         else:
             self.arm_lifetime(call)
 
@@ -282,7 +288,9 @@ class CallManager:
             raise DialFailed(ended or call, error) from error
         current = self.calls.get(call.id)
         if current is None:  # ended while dialing (API hang-up, timer): the carrier call is owed
-            ended = await self.store.get(call.id)
+            # from memory: the store may still hold the row from before the end (its write
+            # can be in flight), and writing that back would revive the call
+            ended = self._known(call.id) or await self.store.get(call.id)
             assert ended is not None
             ended = attrs.evolve(ended, provider_call_id=provider_call_id)
             await self._owe_hangup(ended)
@@ -667,13 +675,15 @@ class CallManager:
     def arm_lifetime(self, call: Call) -> None:
         """Arm the ring or max-duration timer for the time left (restored calls included)."""
         calls = self.config.calls
-        elapsed_from: datetime
         if call.answered_at is not None:
-            kind, limit, elapsed_from = TimerKind.MAX_DURATION, calls.max_duration, call.answered_at
+            self._arm_left(call.id, TimerKind.MAX_DURATION, calls.max_duration, call.answered_at)
         else:
-            kind, limit, elapsed_from = TimerKind.RING, calls.ring_timeout, call.created_at
-        left = limit - (self.now() - elapsed_from).total_seconds()
-        self.timers.arm(call.id, kind, trio.current_time() + max(0.0, left))
+            self._arm_left(call.id, TimerKind.RING, calls.ring_timeout, call.created_at)
+
+    def _arm_left(self, call_id: str, kind: TimerKind, limit: float, since: datetime) -> None:
+        """Arm ``kind`` for what is left of ``limit`` seconds counted from ``since``."""
+        left = limit - (self.now() - since).total_seconds()
+        self.timers.arm(call_id, kind, trio.current_time() + max(0.0, left))
 
     def _on_answered(self, before: Call, after: Call) -> None:
         if before.answered_at is None and after.answered_at is not None:
