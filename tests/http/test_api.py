@@ -28,11 +28,27 @@ async def place(daemon: Any, **body: Any) -> dict[str, Any]:
     return response.json()  # type: ignore[no-any-return]
 
 
+@pytest.mark.parametrize(
+    ("body", "end_reason", "lasted"),
+    [
+        # the mock speaks the message, then the call completes
+        ({"mode": "notify", "message": "Your table is ready"}, "completed", (4.0, 6.0)),
+        # a message alone means notify: it is spoken, never silently dropped
+        ({"message": "Your table is ready"}, "completed", (4.0, 6.0)),
+        # `voicecalld call +15551234567` as the README shows it: the callee talks, hangs up
+        ({}, "hangup-user", (22.0, 23.0)),
+    ],
+)
 async def test_a_placed_call_runs_its_whole_lifecycle(
-    tmp_path: Path, clock: trio.testing.MockClock
+    tmp_path: Path,
+    clock: trio.testing.MockClock,
+    body: dict[str, str],
+    end_reason: str,
+    lasted: tuple[float, float],
 ) -> None:
     async with running(make_config(tmp_path)) as daemon:
-        call = await place(daemon, mode="notify", message="Your table is ready")
+        call = await place(daemon, **body)
+        placed_at = trio.current_time()
         assert call["state"] == "initiated"
         assert call["direction"] == "outbound"
         assert call["provider"] == "mock"
@@ -46,9 +62,11 @@ async def test_a_placed_call_runs_its_whole_lifecycle(
         with trio.fail_after(60):
             while (current := await state())["state"] != "ended":
                 await trio.sleep(0.5)
-        assert current["end_reason"] == "completed"
+        assert current["end_reason"] == end_reason
         assert current["answered_at"] is not None
         assert current["ended_at"] is not None
+        # virtual time: the record's stamps are wall-clock, the mock's timers trio's
+        assert lasted[0] <= trio.current_time() - placed_at <= lasted[1]
 
 
 @pytest.mark.parametrize(
@@ -60,6 +78,10 @@ async def test_a_placed_call_runs_its_whole_lifecycle(
         ({"to": "+15551234567", "colour": "red"}, "colour: unknown field"),
         ({"to": "+15551234567", "mode": "shout"}, "mode: expected notify or conversation"),
         ({"to": "+15551234567", "mode": "notify"}, "message: required in notify mode"),
+        (
+            {"to": "+15551234567", "mode": "conversation", "message": "hi"},
+            "message: only spoken in notify mode",
+        ),
         ({"to": "+15551234567", "bridge_url": "http://app"}, "bridge_url: expected a ws://"),
         ({"to": "+15551234567", "provider": "twilio"}, "provider: twilio is not enabled"),
         ({"to": 15551234567}, "to: expected a string"),

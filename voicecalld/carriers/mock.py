@@ -2,8 +2,10 @@
 
 A placed mock call rings after ``ring_after`` seconds and answers after ``answer_after``; the
 manager then instructs it like any carrier: in notify mode the mock "speaks" the message (logged)
-and completes when it would have finished; in conversation mode it stays up until hung up or
-timed out. The callee's number picks an outcome, for demos and tests: a number ending in ``486``
+and completes when it would have finished; in conversation mode (no media: the mock opens no
+stream) the callee talks for ``talk_for`` seconds and hangs up (``hangup-user``), unless
+voicecalld hangs up or times the call out first. So ``voicecalld call +15551234567`` shows a
+whole lifecycle, on timers, with no account. The callee's number picks an outcome, for demos and tests: a number ending in ``486``
 is busy, ``408`` never answers, ``503`` fails.
 
 It also takes webhooks, so inbound calls and the inbound policy can be tried without a carrier:
@@ -57,6 +59,8 @@ class MockTimings:
     ring_after: float = 1.0
     answer_after: float = 2.0
     speech_chars_per_second: float = 15.0
+    talk_for: float = 20.0
+    """How long the callee of a conversation call talks before hanging up."""
 
 
 def sign(secret: str, body: bytes) -> str:
@@ -173,7 +177,8 @@ class MockCarrier:
                 elif instructions.reply in (Reply.HANGUP, Reply.REJECT):
                     await tell(WebhookKind.ENDED, end_reason=EndReason.COMPLETED)
                 else:
-                    await trio.sleep_forever()
+                    await trio.sleep(timings.talk_for)
+                    await tell(WebhookKind.ENDED, end_reason=EndReason.HANGUP_USER)
             finally:
                 self._live.pop(sid, None)
 

@@ -109,14 +109,18 @@ def routes(manager: CallManager, readiness: Readiness, token: str, config: Confi
         to = _e164(data, "to", required=True)
         from_number = _e164(data, "from", required=False)
         provider = _string(data, "provider", 32)
-        mode_text = _string(data, "mode", 32) or Mode.CONVERSATION.value
+        message = _string(data, "message", MAX_TEXT)
+        # no mode: a message means it is to be spoken (notify), none a conversation
+        mode_text = _string(data, "mode", 32) or (Mode.NOTIFY if message else Mode.CONVERSATION)
         try:
             mode = Mode(mode_text)
         except ValueError:
             raise BadRequest("mode: expected notify or conversation") from None
-        message = _string(data, "message", MAX_TEXT)
         if mode is Mode.NOTIFY and not message:
             raise BadRequest("message: required in notify mode")
+        if mode is Mode.CONVERSATION and message:
+            # never silently dropped: a conversation speaks through its bridge or /speak
+            raise BadRequest("message: only spoken in notify mode (conversations use /speak)")
         bridge_url = _string(data, "bridge_url", 2048)
         if bridge_url and urlsplit(bridge_url).scheme not in ("ws", "wss"):
             raise BadRequest("bridge_url: expected a ws:// or wss:// URL")
