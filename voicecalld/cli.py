@@ -187,12 +187,22 @@ def _call(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+CALLS_PAGE = 500
+"""Calls asked for per request by ``voicecalld calls``, which follows every page's cursor."""
+
+
 def _calls(config: Config, args: argparse.Namespace) -> int:
-    params = {"limit": "500"}
+    params = {"limit": str(CALLS_PAGE)}
     if args.active:
         params["state"] = "active"
-    page = _request(config, "GET", "/v1/calls", params=params)
-    _print_calls(page["calls"])
+    calls: list[dict[str, Any]] = []
+    while True:
+        page = _request(config, "GET", "/v1/calls", params=params)
+        calls += page["calls"]
+        if not page["next_cursor"]:
+            break
+        params["cursor"] = page["next_cursor"]
+    _print_calls(calls)
     return 0
 
 

@@ -1,0 +1,28 @@
+"""The client commands in process, against a daemon run by ``voicecalld.testing``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trio
+
+from voicecalld import cli
+from voicecalld.testing import make_config, running
+
+
+async def test_calls_follows_every_page(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(cli, "CALLS_PAGE", 2)
+    config_file = tmp_path / "voicecalld.toml"
+    config_file.write_text(f'[store]\nstate_dir = "{tmp_path}"\n[api]\ntoken = "test-token"\n')
+    async with running(make_config(tmp_path)) as daemon:
+        placed = []
+        for _ in range(5):
+            answer = await daemon.api.post("/v1/calls", json={"to": "+15551234567"})
+            placed.append(answer.json()["id"])
+        code = await trio.to_thread.run_sync(cli.main, ["calls", "-c", str(config_file)])
+    assert code == 0
+    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()[1:]]
+    assert listed == placed[::-1], "every call, newest first, each once"
