@@ -495,45 +495,6 @@ async def test_webhooks_during_reconciliation_are_applied_and_win(
         assert answered_meanwhile.id in manager.calls
 
 
-async def test_a_webhook_that_ends_a_call_while_the_store_is_read_is_not_undone(
-    tmp_path: Path, clock: trio.testing.MockClock
-) -> None:
-    """Webhooks are served before the ``restore`` step: one that ends a call between the
-    reconciler's read of the open calls and its adoption of them must not be undone."""
-    async with rig(tmp_path, **SETTINGS) as made:
-        call = await at_carrier(made, "twilio", SimStatus.RINGING)
-        await made.save(call)
-        manager = await made.start()
-        read, release = trio.Event(), trio.Event()
-        open_calls = made.store.open_calls
-
-        async def slow_read() -> list[Call]:
-            snapshot = await open_calls()
-            read.set()
-            await release.wait()  # the webhook lands between the read and the adoption
-            return snapshot
-
-        made.store.open_calls = slow_read  # type: ignore[method-assign]
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(made.reconcile)
-            with trio.move_on_after(5.0):  # a reconciler that reads nothing: any time will do
-                await read.wait()
-            assert call.provider_call_id is not None
-            hangup = WebhookEvent(
-                WebhookKind.ENDED,
-                call.provider_call_id,
-                call_id=call.id,
-                end_reason=EndReason.HANGUP_USER,
-            )
-            await manager.on_event("twilio", hangup)
-            made.sim.set_status(call.provider_call_id, SimStatus.COMPLETED)
-            release.set()
-        assert call.id not in manager.calls
-        assert (await made.stored(call.id)).end_reason is EndReason.HANGUP_USER
-        events = await made.store.events_after(0, 100)
-        assert [e.type.value for e in events if e.call.id == call.id].count("call.ended") == 1
-
-
 async def test_restart_in_process_frees_the_slots_and_reports_in_metrics(
     tmp_path: Path, clock: trio.testing.MockClock
 ) -> None:
