@@ -281,10 +281,11 @@ async def test_a_lost_stream_is_hung_up_after_the_grace(tmp_path: Path, carrier:
     [
         WebhookFaults(forged=True),
         WebhookFaults(replayed=True),
+        WebhookFaults(duplicated=True),
         WebhookFaults(late=0.3),
         WebhookFaults(slow_body=0.2),
     ],
-    ids=["forged", "replayed", "late", "slow-body"],
+    ids=["forged", "replayed", "duplicated", "late", "slow-body"],
 )
 async def test_webhook_faults_change_nothing(
     tmp_path: Path, carrier: str, faults: WebhookFaults
@@ -300,8 +301,12 @@ async def test_webhook_faults_change_nothing(
     answers = [answer.text for answer in call.answers]
     if faults.forged:
         assert answers[0::2] == ["403"] * (len(answers) // 2), "every forgery refused"
+        assert set(answers[1::2]) == {"200"}, "every genuine webhook taken"
     else:
         assert set(answers) == {"200"}
+    if faults.replayed or faults.duplicated:
+        labels = [answer.delivery.webhook.label for answer in call.answers]
+        assert labels[0::2] == labels[1::2], "each webhook came twice, and the copy was a 200"
 
 
 async def test_a_slow_body_past_the_timeout_is_408_and_delivered_again(tmp_path: Path) -> None:

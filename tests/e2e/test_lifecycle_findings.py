@@ -1,7 +1,6 @@
-"""Where the daemon misbehaves against the faithful simulator: each test states what an operator
-would expect, and fails today (``xfail(strict=True)``: it turns red the day it passes, so the
-mark is removed with the fix). The reasons name the defect; the report to the lead has the
-analysis.
+"""Defects the faithful simulator found in the daemon, one test each, kept as regressions: each
+states what an operator would expect. They were written to fail first (``xfail(strict=True)``)
+and the marks went with the fixes.
 """
 
 from __future__ import annotations
