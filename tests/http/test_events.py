@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import socket
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import h11
+import httpx
 import orjson
 import pytest
 import trio
@@ -139,3 +142,47 @@ async def test_a_slow_subscriber_is_dropped_not_waited_for(
             await slow.receive.receive()
     assert metrics.sse_dropped.get() == 1
     assert "dropping a slow event subscriber" in caplog.text
+
+
+async def test_a_slow_subscriber_over_http_is_dropped_then_resumes_by_id(
+    tmp_path: Path, clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client that stops reading: its socket fills, then its buffer of events; the stream
+    ends (the call events never wait for it) and it resumes from its last id, losing nothing."""
+    async with running(make_config(tmp_path)) as daemon:
+        daemon.manager.feed.buffer = 4  # instead of 1024: a few calls' events fill it
+        url = httpx.URL(daemon.url)
+        sock = trio.socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)  # a small window
+        await sock.connect((url.host, url.port))
+        client = trio.SocketStream(sock)
+        request = b"GET /v1/events HTTP/1.1\r\nHost: voicecalld\r\nAuthorization: Bearer test-token"
+        await client.send_all(request + b"\r\n\r\n")
+        await trio.sleep(0.5)  # subscribed
+        for _ in range(30):  # not read meanwhile: hundreds of events, tens of kilobytes
+            await daemon.api.post("/v1/calls", json={"to": "+15551234567", "message": "hi"})
+        while daemon.manager.calls:
+            await trio.sleep(1)
+        stored = await daemon.manager.store.events_after(0, 1000)
+
+        parser = h11.Connection(h11.CLIENT)
+        parser.send(h11.Request(method="GET", target="/v1/events", headers=[("Host", "x")]))
+        body = b""
+        while True:
+            event = parser.next_event()
+            if event is h11.NEED_DATA:
+                parser.receive_data(await client.receive_some(65536))
+            elif isinstance(event, h11.Data):
+                body += event.data
+            elif isinstance(event, h11.EndOfMessage):
+                break  # the stream ended: the subscriber was dropped
+        await client.aclose()
+        got = [int(line[4:]) for line in body.decode().splitlines() if line.startswith("id: ")]
+        assert got == [e.id for e in stored[: len(got)]], "in order, none skipped"
+        assert len(got) < len(stored), "dropped before the end"
+        assert "dropping a slow event subscriber" in caplog.text
+
+        missed = stored[len(got) :]
+        resume = {"Last-Event-ID": str(got[-1])}
+        resumed = await collect(daemon, "(every event)", resume, limit=len(missed))
+        assert [int(e["id"]) for e in resumed] == [e.id for e in missed]

@@ -47,12 +47,13 @@ class Subscription:
 class Feed:
     def __init__(self, metrics: Metrics, buffer: int = 1024) -> None:
         self._metrics = metrics
-        self._buffer = buffer
+        self.buffer = buffer
+        """Events a subscriber may fall behind by before it is dropped (for new subscribers)."""
         self._subscribers: set[Subscription] = set()
 
     def subscribe(self) -> Subscription:
         """A new subscriber; events published from now on reach it (use it as a context manager)."""
-        send, receive = trio.open_memory_channel[StoredEvent](self._buffer)
+        send, receive = trio.open_memory_channel[StoredEvent](self.buffer)
         subscription = Subscription(self, send, receive)
         self._subscribers.add(subscription)
         return subscription
@@ -63,7 +64,7 @@ class Feed:
                 for event in events:
                     subscription._send.send_nowait(event)
             except trio.WouldBlock:
-                log.warning("dropping a slow event subscriber", extra={"buffer": self._buffer})
+                log.warning("dropping a slow event subscriber", extra={"buffer": self.buffer})
                 self._metrics.sse_dropped.inc()
                 subscription.close()
             except trio.ClosedResourceError:

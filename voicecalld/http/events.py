@@ -52,6 +52,7 @@ def routes(manager: CallManager, token: str, config: Config, metrics: Metrics) -
                 (b"x-accel-buffering", b"no"),
             ]
             await send({"type": "http.response.start", "status": 200, "headers": headers})
+            dropped = False
             with manager.feed.subscribe() as subscription:
                 async with trio.open_nursery() as nursery:
 
@@ -76,6 +77,7 @@ def routes(manager: CallManager, token: str, config: Config, metrics: Metrics) -
                                 event = await subscription.receive.receive()
                             except trio.EndOfChannel:  # dropped as too slow: it resumes by id
                                 nursery.cancel_scope.cancel()
+                                dropped = True
                                 break
                         if idle.cancelled_caught:
                             await send(
@@ -96,6 +98,8 @@ def routes(manager: CallManager, token: str, config: Config, metrics: Metrics) -
                             }
                         )
                         last = event.id
+            if dropped:  # a clean end of the response: the client sees the stream is over
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
             return 200
 
         return stream
