@@ -110,6 +110,20 @@ def test_nonempty_str_and_dtmf_digit() -> None:
 
 
 @pytest.mark.parametrize(
+    ("value", "expected"),
+    [(None, ""), ("", ""), ("0123456789", "0123456789"), ("*#abcdABCD", "*#ABCDABCD")],
+)
+def test_dtmf_digits_of_a_digits_field(value: str | None, expected: str) -> None:
+    assert forms.dtmf_digits(value) == expected
+
+
+@pytest.mark.parametrize("bad", ["1x", "hangup", "E", " 1", "1,2", "\u0661", "\uff11"])
+def test_dtmf_digits_refuses_what_no_keypad_sends(bad: str) -> None:
+    with pytest.raises(ValueError, match="DTMF"):
+        forms.dtmf_digits(bad)
+
+
+@pytest.mark.parametrize(
     ("value", "ok"),
     [(8000, True), (16000, True), (0, False), (True, False), ("8000", False), (96000, False)],
 )

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from plivo import plivoxml
 from plivo.utils import validate_signature, validate_v3_signature
 
-from voicecalld.calls.model import Direction, EndReason
+from voicecalld.calls.model import Direction, EndReason, new_call_id
 from voicecalld.carriers.base import (
     CarrierStatus,
     Instructions,
@@ -21,6 +21,8 @@ from voicecalld.carriers.base import (
     WebhookRequest,
 )
 from voicecalld.carriers.plivo import wire
+from voicecalld.sim.dialect import Stream
+from voicecalld.sim.plivo_voice import read_plivo_xml
 
 from .helpers import CALL_ID, hostnames, multi_fields, paths, request, sample, xml_tree
 
@@ -348,10 +350,23 @@ def test_get_callbacks_read_the_query() -> None:
     )
 
 
+def test_digits_are_dtmf_and_empty_digits_are_none() -> None:
+    pressed = wire.parse(
+        request(WEBHOOK, f"CallUUID={UUID}&CallStatus=in-progress&Digits=12%23a".encode())
+    )
+    assert (pressed.kind, pressed.digits) == (WebhookKind.DTMF, "12#A")
+    # <GetDigits> that timed out: an empty Digits is no digits, not a malformed callback
+    timed_out = f"CallUUID={UUID}&CallStatus=in-progress&Digits=".encode()
+    event = wire.parse(request(WEBHOOK, timed_out))
+    assert (event.kind, event.digits) == (WebhookKind.ANSWERED, "")
+
+
 @pytest.mark.parametrize(
     "body",
     [
         b"CallStatus=ringing",
+        f"CallUUID={UUID}&Digits=1x".encode(),
+        f"CallUUID={UUID}&Digits=%D9%A1".encode(),
         b"CallUUID=not-a-uuid",
         f"CallUUID={UUID}&RequestUUID=x".encode(),
         f"CallUUID={UUID}&To=%G0".encode(),
@@ -396,6 +411,7 @@ def test_verified_but_malformed_payloads_raise_only_malformed(fields: dict[str, 
     except MalformedWebhook:
         return
     assert wire.is_call_id(event.provider_call_id)
+    assert set(event.digits) <= set("0123456789*#ABCD"), "only DTMF becomes DTMF events"
 
 
 # -- answers -------------------------------------------------------------------------------------
@@ -418,7 +434,7 @@ def test_stream_answer_matches_plivoxml() -> None:
         keepCallAlive=True,
         audioTrack="inbound",
         contentType="audio/x-mulaw;rate=8000",
-        extraHeaders=f"token=t0k3n,call={CALL_ID}",
+        extraHeaders="token=t0k3n",
     )
     assert (answer.status, answer.content_type) == (200, "text/xml; charset=utf-8")
     assert xml_tree(answer.body) == xml_tree(_plivo(expected))
@@ -445,8 +461,30 @@ def test_hangup_reject_and_ack_match_plivoxml() -> None:
 def test_stream_answer_refuses_what_extra_headers_cannot_carry() -> None:
     with pytest.raises(ValueError, match="token"):
         wire.reply(None, Instructions(Reply.STREAM, call_id=CALL_ID), MEDIA)
+    for token in ("a,b=c", "t_k", "t-k"):
+        with pytest.raises(ValueError, match="extraHeaders"):
+            wire.reply(None, Instructions(Reply.STREAM, call_id=CALL_ID, stream_token=token), MEDIA)
+
+
+def test_the_simulated_plivo_runs_our_stream_answer_for_a_real_call_id() -> None:
+    # a call id is c_<hex>: Plivo refuses "_" in extraHeaders, so it must not travel there
+    answer = wire.reply(
+        None, Instructions(Reply.STREAM, call_id=new_call_id(), stream_token="ab12" * 8), MEDIA
+    )
+    ((stream),) = read_plivo_xml(answer.body)
+    assert isinstance(stream, Stream)
+    assert stream.order.extra_headers == "token=" + "ab12" * 8
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [f"token=t0k3n,call={CALL_ID}", "token=t-k", "to ken=x", "token=x,", "token", "k=" + "v" * 511],
+)
+def test_the_simulated_plivo_refuses_extra_headers_plivo_refuses(headers: str) -> None:
+    # carriers.md §2.3: k=v pairs, alphanumeric, at most 512 bytes
+    document = _plivo(plivoxml.StreamElement(MEDIA, extraHeaders=headers))
     with pytest.raises(ValueError, match="extraHeaders"):
-        wire.reply(None, Instructions(Reply.STREAM, call_id=CALL_ID, stream_token="a,b=c"), MEDIA)
+        read_plivo_xml(document.encode())
 
 
 # -- REST helpers --------------------------------------------------------------------------------

@@ -416,6 +416,21 @@ def test_digits_are_dtmf() -> None:
     assert (event.kind, event.digits) == (WebhookKind.DTMF, "12#")
 
 
+def test_empty_digits_are_no_digits() -> None:
+    # a <Gather> that timed out (actionOnEmptyResult) posts an empty Digits
+    event = wire.parse(
+        request(WEBHOOK, b"CallSid=CA" + b"a" * 32 + b"&CallStatus=in-progress&Digits=")
+    )
+    assert (event.kind, event.digits) == (WebhookKind.ANSWERED, "")
+
+
+@pytest.mark.parametrize("digits", ["1x", "hangup", "%D9%A1", "1+2"])
+def test_digits_that_are_not_dtmf_are_malformed(digits: str) -> None:
+    body = f"CallSid=CA{'a' * 32}&CallStatus=in-progress&Digits={digits}".encode()
+    with pytest.raises(MalformedWebhook, match="Digits"):
+        wire.parse(request(WEBHOOK, body))
+
+
 @pytest.mark.parametrize(
     ("value", "expected"),
     [
@@ -515,6 +530,7 @@ def test_verified_but_malformed_payloads_raise_only_malformed(fields: dict[str, 
     except MalformedWebhook:
         return
     assert wire.is_call_id(event.provider_call_id)
+    assert set(event.digits) <= set("0123456789*#ABCD"), "only DTMF becomes DTMF events"
 
 
 # -- answers -------------------------------------------------------------------------------------

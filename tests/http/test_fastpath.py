@@ -18,7 +18,7 @@ import pytest
 import trio
 import trio.testing
 
-from tests.http.test_webhooks import SID, Rig, inbound, rig_for
+from tests.http.webhook_support import SID, Rig, inbound, rig_for
 from voicecalld.http.asgi import Receive, Scope, Send
 from voicecalld.http.fastpath import MAX_HEAD, Head, WebhookFastPath, parse_head, response_head
 

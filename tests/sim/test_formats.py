@@ -269,13 +269,13 @@ def test_plivo_xml_built_by_the_sdk_runs_element_by_element() -> None:
             keepCallAlive=True,
             audioTrack="inbound",
             contentType="audio/x-mulaw;rate=8000",
-            extraHeaders="token=abc,call=c_1",
+            extraHeaders="token=abc,call=c1",
         )
     )
     response.add(plivoxml.WaitElement(length=3))
     response.add(plivoxml.HangupElement(reason="rejected"))
     verbs = read_plivo_xml(response.to_string().encode())
-    order = StreamOrder("wss://voice.example.com/media/plivo", extra_headers="token=abc,call=c_1")
+    order = StreamOrder("wss://voice.example.com/media/plivo", extra_headers="token=abc,call=c1")
     assert verbs == (Say("Hello"), Stream(order), Pause(3.0), Hangup(rejected=True))
 
 

@@ -30,6 +30,7 @@ __all__ = [
     "call_param",
     "decode_base64",
     "dtmf_digit",
+    "dtmf_digits",
     "e164",
     "first",
     "nonempty_str",
@@ -157,6 +158,21 @@ def dtmf_digit(value: object) -> str:
     """One DTMF symbol (``0-9``, ``*``, ``#``, ``A-D``); ``ValueError`` otherwise."""
     if not isinstance(value, str) or value not in _DTMF:
         raise ValueError(f"not a DTMF digit: {value!r:.40}")
+    return value.upper()
+
+
+def dtmf_digits(value: str | None) -> str:
+    """The DTMF symbols of a ``Digits`` form field, upper-cased; ``""`` when none were pressed.
+
+    Twilio and Plivo post the keys a caller pressed as one ``Digits`` string, and an empty (or
+    absent) one when the caller pressed nothing before a timeout: that is no digits, not an
+    error. Anything but ``0-9``, ``*``, ``#`` and ``A-D`` raises ``ValueError``, as
+    :func:`dtmf_digit` does for Telnyx, so no text a carrier never sends becomes DTMF events.
+    """
+    if not value:
+        return ""
+    if not _DTMF.issuperset(value):
+        raise ValueError(f"not DTMF digits: {value!r:.40}")
     return value.upper()
 
 

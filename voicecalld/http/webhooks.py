@@ -2,7 +2,8 @@
 
 The order of the checks is the contract:
 
-1. unknown or disabled provider → 404; wrong method → 405;
+1. unknown or disabled provider → 404; wrong method → 405 with ``Allow`` (the provider's
+   methods);
 2. signature headers missing → 401, decided from the headers alone, before any body is read;
 3. more than ``server.max_inflight_per_ip`` webhooks in flight from the client → 429;
 4. body over ``server.max_body_bytes`` → 413; slower than ``server.body_timeout`` → 408;
@@ -20,6 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Iterable
 
 from voicecalld.calls.manager import CallManager
 from voicecalld.carriers.base import (
@@ -34,7 +36,7 @@ from voicecalld.carriers.registry import Carriers
 from voicecalld.carriers.urls import PublicUrls
 from voicecalld.config import Config
 from voicecalld.http.app import Route
-from voicecalld.http.asgi import BodyTooLarge, BodyTooSlow, Request, Response, error, raw
+from voicecalld.http.asgi import BodyTooLarge, BodyTooSlow, Request, Response, json, raw
 from voicecalld.metrics import Metrics
 from voicecalld.store.base import DuplicateWebhookKey
 
@@ -68,10 +70,18 @@ def routes(
     server = config.server
     in_flight = _InFlight()
 
-    def refuse(request: Request, provider: str, status: int, code: str, why: str) -> Response:
+    def refuse(
+        request: Request,
+        provider: str,
+        status: int,
+        code: str,
+        why: str,
+        *,
+        headers: Iterable[tuple[bytes, bytes]] = (),
+    ) -> Response:
         request.note = why
         metrics.webhooks.inc(provider=provider, outcome=code)
-        return error(status, code, why)
+        return json(status, {"error": {"code": code, "message": why}}, headers)
 
     async def webhook(request: Request, params: dict[str, str]) -> Response:
         provider = params["provider"]
@@ -81,8 +91,15 @@ def routes(
                 request, provider, 404, "not_found", f"provider {provider!r} is not enabled"
             )
         if request.method not in carrier.webhook_methods:
+            # RFC 9110 §15.5.6: a 405 MUST list the target's methods in Allow
+            allowed = ", ".join(sorted(carrier.webhook_methods))
             return refuse(
-                request, provider, 405, "method_not_allowed", f"{request.method} not accepted"
+                request,
+                provider,
+                405,
+                "method_not_allowed",
+                f"{request.method} not accepted: use {allowed}",
+                headers=[(b"allow", allowed.encode("ascii"))],
             )
         if not carrier.has_signature(request.headers):
             return refuse(request, provider, 401, "unauthenticated", "signature headers missing")

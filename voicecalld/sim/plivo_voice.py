@@ -12,7 +12,8 @@ As Plivo does it (carriers.md §2):
 - **Plivo XML** runs element by element: ``<Speak>``, ``<Wait>``, ``<Stream>`` (whose URL is the
   element's text; ``bidirectional`` and ``keepCallAlive`` default to false and
   ``contentType`` to ``audio/x-l16;rate=8000``, so a stream asked for without them is one-way,
-  does not hold the call, and carries L16), ``<Hangup>`` (``reason="rejected"`` refuses the
+  does not hold the call, and carries L16; its ``extraHeaders`` must be ``k=v`` pairs joined
+  by ``,``, alphanumeric, at most 512 bytes), ``<Hangup>`` (``reason="rejected"`` refuses the
   call). The call ends when the document does. Anything else is "Invalid Answer XML".
 - **Audio streams** send ``start``, ``media``, ``dtmf``, ``playedStream`` and ``clearedAudio``
   (``start`` and ``media`` with a numeric ``sequenceNumber``, ``media`` with a numeric
@@ -24,6 +25,7 @@ As Plivo does it (carriers.md §2):
 from __future__ import annotations
 
 import binascii
+import re
 import secrets
 import uuid
 import xml.etree.ElementTree as ET
@@ -78,6 +80,8 @@ _HANGUP_CAUSES: Final = {
     SimStatus.CANCELED: "ORIGINATOR_CANCEL",
 }
 _CONTENT_TYPES: Final = {"audio/x-mulaw": "mulaw", "audio/x-l16": "pcm16"}
+_EXTRA_HEADER: Final = re.compile(r"[A-Za-z0-9]+=[A-Za-z0-9]+")
+_EXTRA_HEADERS_MAX: Final = 512
 _INVALID: Final = Heard("invalid")
 
 
@@ -250,10 +254,19 @@ def _stream(element: ET.Element) -> StreamOrder:
         url,
         encoding=encoding,
         sample_rate=int(rate),
-        extra_headers=element.get("extraHeaders", ""),
+        extra_headers=_extra_headers(element.get("extraHeaders", "")),
         bidirectional=bidirectional,
         blocking=element.get("keepCallAlive", "false") == "true",
     )
+
+
+def _extra_headers(text: str) -> str:
+    """``extraHeaders`` as Plivo takes them (carriers.md §2.3); ``ValueError`` otherwise."""
+    if len(text.encode("utf-8", "surrogatepass")) > _EXTRA_HEADERS_MAX:
+        raise ValueError(f"<Stream extraHeaders> over {_EXTRA_HEADERS_MAX} bytes")
+    if text and not all(_EXTRA_HEADER.fullmatch(pair) for pair in text.split(",")):
+        raise ValueError(f"<Stream extraHeaders> must be alphanumeric k=v pairs: {text!r:.80}")
+    return text
 
 
 class PlivoMedia:

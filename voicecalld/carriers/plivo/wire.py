@@ -21,9 +21,13 @@ Invariants, and why:
   or ``Redirect``; or, with no ``Event``, an answered call (``in-progress``) or a ringing
   inbound one. Every other ``Event`` (``Hangup``, ``Ring``, ``MachineDetection``, stream
   status) wants nothing. ``timeout`` ends a call ``no-answer``; ``cancel`` ends it ``canceled``.
+  ``Digits`` must be DTMF symbols (``0-9 * # A-D``; empty is no digits).
 - **Answers** are Plivo XML built with :mod:`xml.etree`. The stream is bidirectional μ-law
-  8 kHz with ``keepCallAlive`` (otherwise the call ends when the element does), and the token
-  and call id travel in ``extraHeaders`` (echoed as ``extra_headers`` on ``start``).
+  8 kHz with ``keepCallAlive`` (otherwise the call ends when the element does), and the
+  stream token travels in ``extraHeaders`` (echoed as ``extra_headers`` on ``start``) as
+  ``token=<hex>`` and nothing else: Plivo allows only alphanumeric values there (carriers.md
+  §2.3), which a call id (``c_...``) is not, and the token alone names the call at stream
+  start (the manager redeems it for its call, and the ``start``'s ``callId`` must match).
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ from voicecalld.carriers.forms import (
     body_fields,
     call_param,
     decode_base64,
+    dtmf_digits,
     e164,
     first,
     parse_form,
@@ -90,7 +95,7 @@ MA_V2 = "x-plivo-signature-ma-v2"
 V2_NONCE = "x-plivo-signature-v2-nonce"
 
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
-_HEADER_VALUE = re.compile(r"[A-Za-z0-9_-]+")
+_HEADER_VALUE = re.compile(r"[A-Za-z0-9]+")
 _INSTRUCTING_EVENTS = frozenset({"StartApp", "Transfer", "Redirect"})
 
 _ENDED = {
@@ -255,7 +260,10 @@ def parse(request: WebhookRequest) -> WebhookEvent:
     event = first(fields, "Event")
     status = first(fields, "CallStatus")
     direction = first(fields, "Direction")
-    digits = first(fields, "Digits") or ""
+    try:
+        digits = dtmf_digits(first(fields, "Digits"))
+    except ValueError as error:
+        raise MalformedWebhook(f"Plivo Digits: {error}") from None
     machine = False
     reason: EndReason | None = None
     if event == "MachineDetection":
@@ -302,16 +310,16 @@ def reply(event: WebhookEvent | None, instructions: Instructions, media_url: str
     """The Plivo XML answer carrying ``instructions``; ``media_url`` is the ``wss://`` URL.
 
     ``event`` is accepted for the carrier protocol; the instructions say everything. Raises
-    ``ValueError`` for a STREAM without a token, or a token or call id that cannot travel in
-    ``extraHeaders`` (``k=v,k=v``): both programming errors.
+    ``ValueError`` for a STREAM without a token, or with a token Plivo's ``extraHeaders``
+    cannot carry (not alphanumeric): both programming errors.
     """
     root = ET.Element("Response")
     if instructions.reply is Reply.STREAM:
-        headers = {"token": instructions.stream_token, "call": instructions.call_id}
-        if not instructions.stream_token:
+        token = instructions.stream_token
+        if not token:
             raise ValueError("a STREAM answer needs a stream token")
-        if any(value and not _HEADER_VALUE.fullmatch(value) for value in headers.values()):
-            raise ValueError("stream token and call id must be [A-Za-z0-9_-] for extraHeaders")
+        if not _HEADER_VALUE.fullmatch(token):
+            raise ValueError("the stream token must be alphanumeric for extraHeaders")
         stream = ET.SubElement(
             root,
             "Stream",
@@ -319,7 +327,7 @@ def reply(event: WebhookEvent | None, instructions: Instructions, media_url: str
             keepCallAlive="true",
             audioTrack="inbound",
             contentType=f"{CONTENT_TYPE};rate={SAMPLE_RATE}",
-            extraHeaders=",".join(f"{key}={value}" for key, value in headers.items() if value),
+            extraHeaders=f"token={token}",
         )
         stream.text = media_url
     elif instructions.reply is Reply.SAY_AND_HANGUP:

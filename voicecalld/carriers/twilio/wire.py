@@ -16,7 +16,8 @@ Invariants, and why:
 - **Parsing** raises :class:`MalformedWebhook` and nothing else, for any input. A request
   without ``CallbackSource`` that carries a ``CallStatus`` is a TwiML fetch
   (``wants_instructions``); a status callback carries ``CallbackSource``; an asynchronous AMD
-  callback carries ``AnsweredBy`` but no ``CallStatus`` and wants nothing.
+  callback carries ``AnsweredBy`` but no ``CallStatus`` and wants nothing. ``Digits`` must
+  be DTMF symbols (``0-9 * # A-D``; empty is no digits), as Telnyx's ``digit`` must.
 - **Answers** are TwiML built with :mod:`xml.etree`: ``<Connect><Stream>`` (bidirectional;
   its URL takes no query string, so the token and call id travel as ``<Parameter>``),
   ``<Say>`` + ``<Hangup>``, ``<Hangup>``, ``<Reject>``, or an empty ``<Response/>``.
@@ -48,6 +49,7 @@ from voicecalld.carriers.forms import (
     body_fields,
     call_param,
     decode_base64,
+    dtmf_digits,
     e164,
     first,
     url_query,
@@ -234,7 +236,10 @@ def parse(request: WebhookRequest) -> WebhookEvent:
 
     status = first(fields, "CallStatus")
     answered_by = first(fields, "AnsweredBy")
-    digits = first(fields, "Digits") or ""
+    try:
+        digits = dtmf_digits(first(fields, "Digits"))
+    except ValueError as error:
+        raise MalformedWebhook(f"Twilio Digits: {error}") from None
     machine = answered_by is not None and answered_by not in _HUMAN_OR_UNSURE
     reason: EndReason | None = None
     if digits:
