@@ -5,8 +5,8 @@ manager then instructs it like any carrier: in notify mode the mock "speaks" the
 and completes when it would have finished; in conversation mode (no media: the mock opens no
 stream) the callee talks for ``talk_for`` seconds and hangs up (``hangup-user``), unless
 voicecalld hangs up or times the call out first. So ``voicecalld call +15551234567`` shows a
-whole lifecycle, on timers, with no account. The callee's number picks an outcome, for demos and tests: a number ending in ``486``
-is busy, ``408`` never answers, ``503`` fails.
+whole lifecycle, on timers, with no account. The callee's number picks an outcome, for demos
+and tests: a number ending in ``486`` is busy, ``408`` never answers, ``503`` fails.
 
 It also takes webhooks, so inbound calls and the inbound policy can be tried without a carrier:
 ``POST /webhooks/mock`` with a JSON body and ``X-Mock-Signature: hex(HMAC-SHA256(api token,
