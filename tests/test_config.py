@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
+import trustme
+from cryptography.hazmat.primitives import serialization
 
 from voicecalld import cli
 from voicecalld import config as configuration
@@ -148,3 +150,64 @@ def test_console_script_exit_codes(tmp_path: Path) -> None:
         [sys.executable, "-m", "voicecalld", "no-such-command"], capture_output=True, check=False
     )
     assert usage.returncode == 2
+
+
+# -- TLS files: loaded when the config is checked, so a bad one is exit 78, not a start-up retry
+
+
+def tls_files(tmp_path: Path, case: str) -> tuple[Path, Path]:
+    """A certificate and key path pair, broken as ``case`` says."""
+    authority = trustme.CA()
+    leaf = authority.issue_cert("127.0.0.1")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    leaf.cert_chain_pems[0].write_to_path(str(cert))
+    leaf.private_key_pem.write_to_path(str(key))
+    if case == "missing":
+        return tmp_path / "gone.pem", tmp_path / "gone-key.pem"
+    if case == "missing key":
+        return cert, tmp_path / "gone-key.pem"
+    if case == "a directory":
+        return tmp_path, key
+    if case == "another's key":
+        authority.issue_cert("127.0.0.1").private_key_pem.write_to_path(str(key))
+    elif case == "swapped":
+        return key, cert
+    elif case == "encrypted key":
+        private = serialization.load_pem_private_key(leaf.private_key_pem.bytes(), None)
+        key.write_bytes(
+            private.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.BestAvailableEncryption(b"passphrase"),
+            )
+        )
+    return cert, key
+
+
+TLS_BAD = [
+    ("missing", "server.tls_cert: cannot read"),
+    ("missing key", "server.tls_key: cannot read"),
+    ("a directory", "server.tls_cert: cannot read"),
+    ("another's key", "server.tls_key:"),
+    ("swapped", "server.tls_cert: no PEM certificate in"),
+    ("encrypted key", "server.tls_key: no usable PEM private key"),
+]
+
+
+@pytest.mark.parametrize(("case", "expected"), TLS_BAD, ids=[case for case, _ in TLS_BAD])
+def test_unusable_tls_files_exit_78_naming_the_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str, expected: str
+) -> None:
+    cert, key = tls_files(tmp_path, case)
+    path = tmp_path / "voicecalld.toml"
+    path.write_text(f'[server]\ntls_cert = "{cert}"\ntls_key = "{key}"\n')
+    assert cli.main(["check-config", "-c", str(path)]) == 78
+    assert expected in capsys.readouterr().err
+
+
+def test_usable_tls_files_pass_the_check(tmp_path: Path) -> None:
+    cert, key = tls_files(tmp_path, "usable")
+    server = configuration.parse(
+        {"server": {"tls_cert": str(cert), "tls_key": str(key)}}, environ={}
+    ).server
+    assert configuration.tls_context(server) is not None

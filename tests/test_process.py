@@ -197,3 +197,21 @@ def test_clients_without_a_daemon_fail_clearly(tmp_path: Path) -> None:
     result = cli("calls", "-c", str(config), check=False)
     assert result.returncode == 1
     assert "cannot reach the daemon" in result.stderr
+
+
+def test_missing_tls_files_exit_78_at_once_without_binding(tmp_path: Path) -> None:
+    port = free_port()
+    extra = f'tls_cert = "{tmp_path}/gone.pem"\ntls_key = "{tmp_path}/gone-key.pem"\n'
+    config = write_config(tmp_path / "voicecalld.toml", tmp_path / "state", port)
+    config.write_text(config.read_text().replace("[store]", extra + "[store]"))
+    result = cli("run", "-c", str(config), check=False)
+    assert result.returncode == 78, "never retried: systemd's RestartPreventExitStatus=78"
+    assert "server.tls_cert: cannot read" in result.stderr
+    assert not (tmp_path / "state").exists(), "refused before anything started"
+    checked = cli("check-config", "-c", str(config), check=False)
+    assert checked.returncode == 78
+    assert "server.tls_cert: cannot read" in checked.stderr
+    # the files are the daemon's: a client (another user, outside the service's credentials)
+    # shares the config but need not read the key
+    status = cli("status", "-c", str(config))
+    assert "no store yet" in status.stdout

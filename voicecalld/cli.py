@@ -40,7 +40,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EX_USAGE
     try:
-        config = configuration.load(args.config)
+        # the TLS files are the daemon's: a client may not be allowed to read its key
+        server_files = args.command in ("run", "check-config")
+        config = configuration.load(args.config, server_files=server_files)
     except ConfigError as error:
         print(f"voicecalld: invalid configuration ({_source(args.config)}):", file=sys.stderr)
         for problem in error.problems:

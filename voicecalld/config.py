@@ -15,6 +15,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import ssl
 import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -45,6 +46,7 @@ __all__ = [
     "effective",
     "load",
     "parse",
+    "tls_context",
 ]
 
 CONFIG_ENV: Final = "VOICECALLD_CONFIG"
@@ -435,10 +437,13 @@ def parse(
     document: Mapping[str, Any],
     *,
     environ: Mapping[str, str] | None = None,
+    server_files: bool = True,
 ) -> Config:
     """Structure a parsed TOML document (plus environment layers) into a checked :class:`Config`.
 
     Raises :class:`ConfigError` listing every problem found, each naming its dotted key.
+    ``server_files=False`` skips loading the files only the daemon reads (TLS certificate and
+    key): client commands share the daemon's config but may not be allowed to read its key.
     """
     env = os.environ if environ is None else environ
     layered = _with_overrides(dict(document), env)
@@ -450,21 +455,24 @@ def parse(
         config,
         store=attrs.evolve(config.store, state_dir=str(_resolve_state_dir(config.store, env))),
     )
-    problems = _cross_checks(config)
+    problems = _cross_checks(config, server_files)
     if problems:
         raise ConfigError(problems)
     return config
 
 
 def load(
-    path: str | os.PathLike[str] | None = None, *, environ: Mapping[str, str] | None = None
+    path: str | os.PathLike[str] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    server_files: bool = True,
 ) -> Config:
     """The config the commands of SPEC §1 use: ``path``, else ``$VOICECALLD_CONFIG``, else the
-    built-in defaults."""
+    built-in defaults (``server_files``: see :func:`parse`)."""
     env = os.environ if environ is None else environ
     chosen = path if path is not None else env.get(CONFIG_ENV) or None
     if chosen is None:
-        return parse({}, environ=env)
+        return parse({}, environ=env, server_files=server_files)
     file = Path(chosen)
     try:
         text = file.read_text(encoding="utf-8")
@@ -474,7 +482,7 @@ def load(
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise ConfigError([f"<file>: {file} is not valid TOML: {error}"]) from None
-    return parse(document, environ=env)
+    return parse(document, environ=env, server_files=server_files)
 
 
 def _with_overrides(document: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
@@ -557,8 +565,8 @@ def _resolve_state_dir(store: StoreConfig, env: Mapping[str, str]) -> Path:
     return Path(home) / ".local" / "state" / "voicecalld"
 
 
-def _cross_checks(config: Config) -> list[str]:
-    """Rules that span keys: credentials of enabled carriers, the default provider, TLS pairs."""
+def _cross_checks(config: Config, server_files: bool) -> list[str]:
+    """Rules that span keys: credentials of enabled carriers, the default provider, TLS files."""
     problems: list[str] = []
     providers = config.providers
     for name, keys in _REQUIRED_WHEN_ENABLED.items():
@@ -585,11 +593,61 @@ def _cross_checks(config: Config) -> list[str]:
     if bool(config.server.tls_cert) != bool(config.server.tls_key):
         missing = "tls_key" if config.server.tls_cert else "tls_cert"
         problems.append(f"server.{missing}: required when the other of tls_cert / tls_key is set")
+    elif server_files:
+        try:
+            tls_context(config.server)
+        except ConfigError as error:
+            problems.extend(error.problems)
     if config.calls.inbound_policy == "allowlist" and not config.calls.allow_from:
         problems.append(
             "calls.allow_from: required (non-empty) when calls.inbound_policy = 'allowlist'"
         )
     return sorted(set(problems))
+
+
+def tls_context(server: ServerConfig) -> ssl.SSLContext | None:
+    """The server's TLS context from ``server.tls_cert`` and ``tls_key``; None when both are empty.
+
+    Loaded by every config check, so that a missing or unusable file is a configuration error
+    (exit 78, or a reload refused) rather than a ``serve`` step failing on every restart until
+    the budget runs out; and loaded again by the runtime at start and on each reload, so that a
+    renewed certificate is served after SIGHUP. Raises :class:`ConfigError` naming the key at
+    fault. An encrypted key is refused, never prompted for on a terminal.
+    """
+    if not (server.tls_cert and server.tls_key):
+        return None
+    for key in ("tls_cert", "tls_key"):
+        path = getattr(server, key)
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as error:
+            raise ConfigError([f"server.{key}: cannot read {path}: {error.strerror}"]) from None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(server.tls_cert, server.tls_key, password=_no_passphrase)
+    except OSError as error:  # ssl.SSLError is one
+        raise ConfigError([_tls_problem(server, error)]) from None
+    return context
+
+
+def _no_passphrase() -> bytes:
+    """An encrypted key gets an empty passphrase (and fails) instead of OpenSSL's prompt."""
+    return b""
+
+
+def _tls_problem(server: ServerConfig, error: OSError) -> str:
+    """Which of the two files ``load_cert_chain`` refused (its own message does not say)."""
+    if getattr(error, "reason", None) == "KEY_VALUES_MISMATCH":
+        return f"server.tls_key: {server.tls_key} is not the key of the certificate in tls_cert"
+    try:
+        ssl.create_default_context().load_verify_locations(cafile=server.tls_cert)
+    except OSError:
+        return f"server.tls_cert: no PEM certificate in {server.tls_cert}"
+    return (
+        f"server.tls_key: no usable PEM private key in {server.tls_key} "
+        "(an encrypted key is not supported)"
+    )
 
 
 # -- showing -----------------------------------------------------------------------------------

@@ -68,6 +68,11 @@ class FrontDoor:
         if self.webhooks is not None:
             self.webhooks.head_timeout = peek_timeout
 
+    def use_tls(self, context: ssl.SSLContext | None) -> None:
+        """SIGHUP: new connections handshake with ``context`` (a renewed certificate, or TLS
+        turned on or off); live connections keep the one they began with."""
+        self.tls = context
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Own the connections (they outlive any one listener) until cancelled."""
         async with trio.open_nursery() as nursery:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import os
-import ssl
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final, TypeVar
 
@@ -32,7 +31,7 @@ from voicecalld.calls.manager import CallManager
 from voicecalld.calls.reaper import Reaper
 from voicecalld.calls.reconcile import Reconciler
 from voicecalld.carriers.registry import Carriers
-from voicecalld.config import Config
+from voicecalld.config import Config, tls_context
 from voicecalld.frontdoor import FrontDoor
 from voicecalld.http import api, events, health, webhooks
 from voicecalld.http.app import App, Route
@@ -44,7 +43,7 @@ from voicecalld.metrics import Metrics
 from voicecalld.store.sqlite import SqliteStore
 from voicecalld.systemd import Notifier
 
-__all__ = ["STEPS", "Faults", "Runtime", "StartupError"]
+__all__ = ["STEPS", "Faults", "Hold", "Runtime", "StartupError"]
 
 log = logging.getLogger("voicecalld.runtime")
 
@@ -73,27 +72,62 @@ class StartupError(Exception):
         self.cause = cause
 
 
+@attrs.frozen
+class Hold:
+    """A start-up step kept from starting until released, so a test can act mid-start-up."""
+
+    reached: trio.Event = attrs.Factory(trio.Event)
+    """Set once an attempt has come to the step and is waiting."""
+    released: trio.Event = attrs.Factory(trio.Event)
+
+    def release(self) -> None:
+        self.released.set()
+
+
 class Faults:
-    """Start-up faults to inject, by step name (the test harness arms them)."""
+    """Start-up faults to inject and steps to hold, by step name (the test harness arms them)."""
 
     def __init__(self) -> None:
         self.armed: dict[str, BaseException] = {}
+        self.held: dict[str, Hold] = {}
 
     def arm(self, step: str, error: BaseException | None = None) -> None:
-        if step not in STEPS:
-            raise ValueError(f"unknown step {step!r}; steps: {', '.join(STEPS)}")
+        """Make ``step`` fail, on every attempt until cleared."""
+        _known(step)
         self.armed[step] = error or RuntimeError(f"injected fault at {step}")
 
+    def hold(self, step: str) -> Hold:
+        """Make attempts wait before ``step`` until :meth:`Hold.release` (e.g. ``restore``: the
+        daemon serves, and is not ready)."""
+        _known(step)
+        hold = self.held[step] = Hold()
+        return hold
+
     def clear(self, step: str | None = None) -> None:
+        """Disarm the faults and release the holds of ``step``, or of every step."""
+        for name in list(self.held) if step is None else [step]:
+            held = self.held.pop(name, None)
+            if held is not None:
+                held.release()
         if step is None:
             self.armed.clear()
         else:
             self.armed.pop(step, None)
 
-    def trip(self, step: str) -> None:
+    async def trip(self, step: str) -> None:
+        """Before each step: wait while it is held, then raise its armed fault, if any."""
+        hold = self.held.get(step)
+        if hold is not None:
+            hold.reached.set()
+            await hold.released.wait()
         error = self.armed.get(step)
         if error is not None:
             raise error
+
+
+def _known(step: str) -> None:
+    if step not in STEPS:
+        raise ValueError(f"unknown step {step!r}; steps: {', '.join(STEPS)}")
 
 
 class Runtime:
@@ -161,7 +195,7 @@ class Runtime:
         assert self._nursery is not None
         log.debug("starting", extra={"step": step})
         try:
-            self.faults.trip(step)
+            await self.faults.trip(step)
             return await self._nursery.start(fn, *args)
         except Exception as error:
             self.metrics.startup_failures.inc(step=step)
@@ -202,7 +236,7 @@ class Runtime:
             HttpServer(self._app, keep_alive_timeout=KEEP_ALIVE_TIMEOUT),
             self.streams.serve,
             peek_timeout=config.server.body_timeout,
-            tls=_tls(config),
+            tls=tls_context(config.server),
             webhooks=WebhookFastPath(
                 self._app,
                 keep_alive_timeout=KEEP_ALIVE_TIMEOUT,
@@ -228,8 +262,11 @@ class Runtime:
     async def reload(self, config: Config) -> None:
         """Apply a new, valid config without dropping live calls or streams.
 
-        A changed bind address or port opens the new socket first (if that fails the old config
-        stays, and the error says why), then stops accepting on the old one and closes it.
+        The TLS certificate and key are loaded afresh, so a renewed certificate is served to new
+        connections (live ones keep theirs); if they cannot be loaded,
+        :class:`~voicecalld.config.ConfigError` names the key and nothing has changed. A changed
+        bind address or port opens the new socket first (if that fails the old config stays, and
+        the error says why), then stops accepting on the old one and closes it.
         ``store.state_dir`` cannot change under a running store: that change waits for a restart.
         """
         old = self.config
@@ -239,6 +276,7 @@ class Runtime:
                 extra={"old": old.store.state_dir, "new": config.store.state_dir},
             )
             config = _with_state_dir(config, old.store.state_dir)
+        tls = tls_context(config.server)
         rebind = (config.server.bind, config.server.port) != (old.server.bind, old.server.port)
         if rebind and not any(listener.activated for listener in self.listeners):
             await self._rebind(config)
@@ -253,6 +291,8 @@ class Runtime:
         self._app.reconfigure(self._routes(self.token), config.server.trusted_proxies)
         if self._frontdoor is not None:
             self._frontdoor.reconfigure(config.server.body_timeout)
+            self._frontdoor.use_tls(tls)
+        self._record_address()  # its scheme follows TLS being turned on or off
 
     async def _rebind(self, config: Config) -> None:
         assert self._frontdoor is not None
@@ -267,7 +307,6 @@ class Runtime:
             listener.sock.close()
             self.listeners.remove(listener)
         self.addresses = [listener.address for listener in self.listeners]
-        self._record_address()
         log.info("rebound", extra={"addresses": self.addresses})
 
     def _record_address(self) -> None:
@@ -291,14 +330,6 @@ class Runtime:
             await self.streams.drain(self.config.runtime.drain_timeout)
         if self._frontdoor is not None:
             await self._frontdoor.drain(grace=5.0)
-
-
-def _tls(config: Config) -> ssl.SSLContext | None:
-    if not config.server.tls_cert:
-        return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(config.server.tls_cert, config.server.tls_key)
-    return context
 
 
 def _with_state_dir(config: Config, state_dir: str) -> Config:

@@ -5,9 +5,16 @@
   :class:`~voicecalld.runtime.Runtime` from the current config.
 - ``runtime.restart_budget`` failures within ``runtime.restart_window`` seconds: give up, exit 69
   (EX_UNAVAILABLE), and leave the rest to systemd.
-- Another daemon holding the state dir: exit 69 at once; waiting for it would not help.
+- Another daemon holding the state dir: exit 69 at once; waiting for it would not help. A config
+  that stopped working after it was checked (a TLS file gone) or sockets systemd passed that
+  cannot be served on: exit 78 at once.
 - ``trio.Cancelled`` is never a failure (it is how we stop), and a start-up failure always
   arrives after the runtime's nursery closed, so the port is released before the backoff sleep.
+- A reload accepted while no runtime is ready (starting, backing off) is not lost: the next
+  runtime starts with it, and one already starting applies it the moment it is up, before it is
+  published as ready. ``READY=1`` is sent only while a runtime is ready (SPEC §3: serving and
+  restored); a reload while starting ends with a ``STATUS=`` line and the ``READY=1`` of the
+  start-up itself.
 
 :func:`serve_process` is the ``voicecalld run`` command: one signal receiver for the whole
 process lifetime (SIGHUP → :meth:`Supervisor.reload`, SIGTERM/SIGINT → :meth:`Supervisor.stop`)
@@ -79,6 +86,10 @@ class Supervisor:
         self.ready = trio.Event()
         """Set while a runtime is ready; replaced by a fresh event when it fails."""
         self.failures = 0
+        self.last_failure: str | None = None
+        """What ended the last failed attempt (``start-up step 'store' failed: ...``)."""
+        self._reloads = 0
+        """Reloads accepted so far: an attempt that began before the latest one catches up."""
         self._started = False
         self._stopping = trio.Event()
         self._attempt_scope: trio.CancelScope | None = None
@@ -93,7 +104,6 @@ class Supervisor:
             raise RuntimeError("this supervisor is already running; it never starts twice")
         self._started = True
         recent: deque[float] = deque()
-        window = self.config.runtime.restart_window
         while not self._stopping.is_set():
             failed = await self._attempt()
             if failed is None:
@@ -101,6 +111,7 @@ class Supervisor:
             if isinstance(failed, int):
                 return failed
             self.failures += 1
+            window = self.config.runtime.restart_window  # read each time: a reload may change it
             now = trio.current_time()
             recent.append(now)
             while recent and recent[0] < now - window:
@@ -124,9 +135,10 @@ class Supervisor:
         """One runtime, start to end.
 
         Returns ``None`` when stopped cleanly, an exit code when retrying cannot help (another
-        daemon holds the state dir: 69; systemd passed unusable sockets: 78), else a description
-        of the failure, to retry.
+        daemon holds the state dir: 69; a TLS file gone or systemd passing unusable sockets: 78),
+        else a description of the failure, to retry.
         """
+        reloads = self._reloads
         runtime = Runtime(
             self.config,
             metrics=self.metrics,
@@ -142,11 +154,7 @@ class Supervisor:
                     if self._stopping.is_set():
                         return None
                     await nursery.start(runtime.run)
-                    self.runtime = runtime
-                    self.ready.set()
-                    addresses = ", ".join(f"{h}:{p}" for h, p in runtime.addresses)
-                    self.notifier.ready(f"serving on {addresses}")
-                    log.info("ready", extra={"addresses": addresses})
+                    await self._publish(runtime, reloads)
                     if self._stopping.is_set():
                         runtime.stop()
         except* StartupError as group:
@@ -160,15 +168,20 @@ class Supervisor:
                     },
                 )
             causes = [error.cause for error in errors]
+            self.last_failure = str(errors[0])
             if any(isinstance(cause, StateDirLocked) for cause in causes):
                 failure = EX_UNAVAILABLE
-            elif any(isinstance(cause, systemd.SocketActivationError) for cause in causes):
+            elif any(
+                isinstance(cause, systemd.SocketActivationError | ConfigError) for cause in causes
+            ):
                 failure = EX_CONFIG
             else:
                 failure = f"start-up step {errors[0].step} failed"
         except* Exception as group:
-            for crash in _leaves(group):
+            crashes = _leaves(group)
+            for crash in crashes:
                 log.error("runtime failed", exc_info=crash)
+            self.last_failure = f"runtime failed: {type(crashes[0]).__name__}: {crashes[0]}"
             failure = "runtime failed"
         finally:
             self.runtime = None
@@ -176,6 +189,31 @@ class Supervisor:
             if self.ready.is_set():
                 self.ready = trio.Event()
         return failure
+
+    async def _publish(self, runtime: Runtime, reloads: int) -> None:
+        """Make a runtime that has finished starting the ready one, on the current config.
+
+        A reload accepted while it was starting (``restore`` can take a while) changed
+        :attr:`config` without reaching it: it is applied here, under the reload lock, so that no
+        reload can fall between this catch-up and the runtime being published. If it cannot be
+        applied (its new port taken meanwhile), the runtime keeps the config it started with.
+        """
+        async with self._reload_lock:
+            if self._reloads != reloads:
+                try:
+                    await runtime.reload(self.config)
+                except (ConfigError, OSError) as error:
+                    log.error(
+                        "the config reloaded during start-up cannot be applied; keeping the one "
+                        "started with",
+                        extra={"error": _describe(error)},
+                    )
+                    self._configure(runtime.config)
+            self.runtime = runtime
+            self.ready.set()
+            addresses = ", ".join(f"{h}:{p}" for h, p in runtime.addresses)
+            self.notifier.ready(f"serving on {addresses}")
+            log.info("ready", extra={"addresses": addresses})
 
     def stop(self) -> None:
         """SIGTERM/SIGINT: drain and stop the runtime if it is up, else stop at once."""
@@ -188,34 +226,48 @@ class Supervisor:
     async def reload(self, config: Config | None = None) -> bool:
         """SIGHUP: re-read the config file (or apply ``config``, from the test harness).
 
-        An invalid file is logged by key and the running config kept. Returns whether the new
-        config was applied.
+        An invalid file (or TLS files that cannot be loaded) is logged by key and the running
+        config kept. Returns whether the new config was accepted: applied to the ready runtime,
+        or, while none is ready, kept for the runtime that comes up next (see :meth:`_publish`).
         """
         async with self._reload_lock:
             self.notifier.reloading()
+            accepted = False
             try:
-                try:
-                    fresh = config or configuration.load(self.config_path, environ=self.environ)
-                except ConfigError as error:
-                    log.error(
-                        "reload rejected, keeping the running config",
-                        extra={"problems": "; ".join(error.problems)},
-                    )
-                    return False
-                if self.runtime is not None:
-                    try:
-                        await self.runtime.reload(fresh)
-                    except OSError as error:
-                        log.error(
-                            "reload failed, keeping the running config", extra={"error": str(error)}
-                        )
-                        return False
-                self.config = fresh
-                logs.configure(fresh.log.format, fresh.log.level, configuration.secrets(fresh))
-                log.info("reloaded", extra={"source": self.config_path or "<defaults>"})
-                return True
+                accepted = await self._reload(config)
             finally:
-                self.notifier.ready("reloaded" if self.runtime is not None else "starting")
+                outcome = "reloaded" if accepted else "reload rejected, running config kept"
+                if self.runtime is not None:
+                    self.notifier.ready(outcome)
+                else:  # READY=1 waits for the runtime coming up: SPEC §3
+                    self.notifier.status(f"not ready yet; {outcome}")
+            return accepted
+
+    async def _reload(self, config: Config | None) -> bool:
+        try:
+            fresh = config or configuration.load(self.config_path, environ=self.environ)
+            if self.runtime is not None:
+                await self.runtime.reload(fresh)
+        except (ConfigError, OSError) as error:
+            log.error(
+                "reload rejected, keeping the running config", extra={"error": _describe(error)}
+            )
+            return False
+        self._configure(fresh)
+        self._reloads += 1
+        log.info("reloaded", extra={"source": self.config_path or "<defaults>"})
+        return True
+
+    def _configure(self, config: Config) -> None:
+        self.config = config
+        logs.configure(config.log.format, config.log.level, configuration.secrets(config))
+
+
+def _describe(error: ConfigError | OSError) -> str:
+    """A log field for a refused config: its dotted keys and problems, or the OS's reason."""
+    if isinstance(error, ConfigError):
+        return "; ".join(error.problems)
+    return str(error)
 
 
 def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:

@@ -11,9 +11,12 @@
 
 :func:`running` starts the real supervisor and runtime (store, HTTP server, carriers, timers)
 in-process, waits until ready, and yields a :class:`Daemon` with the base URL, an authenticated
-``httpx.AsyncClient`` for the control API, and handles to reload, stop and inject start-up faults.
-On exit the daemon is stopped gracefully and nothing is left behind: no bound port, no thread,
-no file lock. It reads no environment (no ``LISTEN_FDS``, no ``NOTIFY_SOCKET``) unless given one.
+``httpx.AsyncClient`` for the control API, and handles to reload, stop, inject start-up faults
+and hold start-up steps. On exit the daemon is stopped gracefully and nothing is left behind: no
+bound port, no thread, no file lock. It reads no environment (no ``LISTEN_FDS``, no
+``NOTIFY_SOCKET``) unless given one. A daemon that exits before it is ready (its state dir
+locked, its restart budget spent) or is not ready within a minute raises :class:`DaemonNotReady`
+naming the exit code and the failure, rather than leaving the test to time out.
 
 :func:`simulated` (and the ``voicecalld_sim`` pytest fixture, loaded with ``pytest_plugins =
 ["voicecalld.testing"]``) runs the daemon with Twilio, Plivo and Telnyx played by the carrier
@@ -49,6 +52,7 @@ from voicecalld.systemd import Notifier
 __all__ = [
     "QUICK",
     "Daemon",
+    "DaemonNotReady",
     "SimulatedDaemon",
     "free_port",
     "make_config",
@@ -77,6 +81,22 @@ def make_config(
     return configuration.parse(base, environ={})
 
 
+READY_TIMEOUT = 60.0
+"""Seconds :func:`running` waits for the daemon to be ready."""
+
+
+class DaemonNotReady(Exception):
+    """The daemon under test exited before it was ready, or was not ready in time.
+
+    ``exit_code`` is None when it is still trying; ``failure`` is what ended its last attempt.
+    """
+
+    def __init__(self, message: str, exit_code: int | None, failure: str | None) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+        self.failure = failure
+
+
 @attrs.define
 class Daemon:
     supervisor: Supervisor
@@ -84,6 +104,8 @@ class Daemon:
     api: httpx.AsyncClient
     """A client for the control API of the current runtime (its base URL follows restarts)."""
     exit_code: int | None = None
+    finished: trio.Event = attrs.Factory(trio.Event)
+    """Set once the supervisor has returned (``exit_code`` is then set)."""
 
     @property
     def runtime(self) -> Runtime:
@@ -108,7 +130,22 @@ class Daemon:
         return self.runtime.addresses[0][1]
 
     async def wait_ready(self) -> None:
-        await self.supervisor.ready.wait()
+        """Wait until the daemon is ready; raise :class:`DaemonNotReady` if it exits first."""
+        async with trio.open_nursery() as nursery:
+
+            async def until(event: trio.Event) -> None:
+                await event.wait()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(until, self.supervisor.ready)
+            nursery.start_soon(until, self.finished)
+        if self.finished.is_set():
+            raise DaemonNotReady(
+                f"the daemon exited with {self.exit_code} before it was ready: "
+                f"{self.supervisor.last_failure or 'no failure recorded'}",
+                self.exit_code,
+                self.supervisor.last_failure,
+            )
         self.api.base_url = httpx.URL(self.url)
 
     async def reload(self, config: Config) -> bool:
@@ -132,7 +169,11 @@ async def running(
     backoff: Backoff | None = None,
 ) -> AsyncIterator[Daemon]:
     """Run the daemon in the caller's nursery; yields once it is ready (unless ``wait_ready``
-    is false: then call :meth:`Daemon.wait_ready` yourself, e.g. after clearing a fault)."""
+    is false: then call :meth:`Daemon.wait_ready` yourself, e.g. after clearing a fault).
+
+    Raises :class:`DaemonNotReady` (after stopping the daemon) if it exits before it is ready
+    or is not ready within :data:`READY_TIMEOUT` seconds.
+    """
     faults = faults or Faults()
     supervisor = Supervisor(
         config,
@@ -142,33 +183,52 @@ async def running(
         backoff=backoff or Backoff(),
     )
     token = statedir.read_api_token(config.state_dir, config.api.token)
+    not_ready: DaemonNotReady | None = None
     async with (
         httpx.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=30.0) as api,
         trio.open_nursery() as nursery,
     ):
         daemon = Daemon(supervisor, faults, api)
-        finished = trio.Event()
 
         async def supervise() -> None:
             try:
                 daemon.exit_code = await supervisor.run()
             finally:
-                finished.set()
+                daemon.finished.set()
 
         nursery.start_soon(supervise)
-        if wait_ready:
-            with trio.fail_after(60):
-                await daemon.wait_ready()
-            if not token:  # the daemon made one in the state dir on its first start
-                api.headers["Authorization"] = "Bearer " + statedir.read_api_token(
-                    config.state_dir, ""
-                )
         try:
-            yield daemon
+            if wait_ready:
+                not_ready = await _until_ready(daemon)
+                if not token:  # the daemon made one in the state dir on its first start
+                    api.headers["Authorization"] = "Bearer " + statedir.read_api_token(
+                        config.state_dir, ""
+                    )
+            if not_ready is None:
+                yield daemon
         finally:
             supervisor.stop()
             with trio.CancelScope(shield=True):
-                await finished.wait()
+                await daemon.finished.wait()
+    if not_ready is not None:  # raised out here, not wrapped in the nursery's exception group
+        raise not_ready
+
+
+async def _until_ready(daemon: Daemon) -> DaemonNotReady | None:
+    """None once ``daemon`` is ready, else why it is not (exited, or not ready in time)."""
+    with trio.move_on_after(READY_TIMEOUT):
+        try:
+            await daemon.wait_ready()
+        except DaemonNotReady as error:
+            return error
+        return None
+    supervisor = daemon.supervisor
+    return DaemonNotReady(
+        f"the daemon was not ready after {READY_TIMEOUT:g} s ({supervisor.failures} failed "
+        f"attempts; the last: {supervisor.last_failure or 'none'})",
+        None,
+        supervisor.last_failure,
+    )
 
 
 # -- the carrier simulator beside the daemon ---------------------------------------------------

@@ -1,0 +1,62 @@
+"""voicecalld.testing: a daemon that cannot become ready is reported at once, with its exit code
+and the failure that stopped it, instead of the test waiting out a timeout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from voicecalld import statedir
+from voicecalld.config import Config
+from voicecalld.runtime import Faults
+from voicecalld.supervisor import Backoff
+from voicecalld.testing import DaemonNotReady, make_config, running
+
+
+async def start(config: Config, faults: Faults | None = None) -> None:
+    async with running(config, faults=faults):
+        raise AssertionError("the daemon was not expected to be ready")
+
+
+async def test_a_daemon_that_exits_before_it_is_ready_is_reported_at_once(tmp_path: Path) -> None:
+    holder = statedir.lock(tmp_path)  # another daemon has the state dir: exit 69, no retry
+    try:
+        with trio.fail_after(10), pytest.raises(DaemonNotReady) as caught:
+            await start(make_config(tmp_path))
+    finally:
+        statedir.unlock(holder)
+    assert caught.value.exit_code == 69
+    assert caught.value.failure is not None
+    assert caught.value.failure.startswith("start-up step 'state-dir' failed: StateDirLocked")
+    message = str(caught.value)
+    assert "exited with 69" in message
+    assert "in use by another voicecalld" in message
+
+
+async def test_a_daemon_never_ready_in_time_is_reported_with_its_last_failure(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    faults = Faults()
+    faults.arm("state-dir")
+    config = make_config(tmp_path, runtime={"restart_budget": 1000, "restart_window": 1.0})
+    with pytest.raises(DaemonNotReady) as caught:
+        await start(config, faults)
+    assert caught.value.exit_code is None, "still retrying when the harness gave up"
+    assert "not ready after 60 s" in str(caught.value)
+    assert "injected fault at state-dir" in str(caught.value)
+
+
+async def test_wait_ready_reports_a_daemon_that_gave_up(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    faults = Faults()
+    faults.arm("store")
+    config = make_config(tmp_path, runtime={"restart_budget": 2})
+    with pytest.RaisesGroup(pytest.RaisesExc(DaemonNotReady, match="exited with 69")):
+        async with running(
+            config, faults=faults, wait_ready=False, backoff=Backoff(base=1.0, cap=1.0)
+        ) as daemon:
+            await daemon.wait_ready()
