@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -612,3 +613,118 @@ async def test_two_tasks_sending_never_interleave_frames(nursery: trio.Nursery) 
             if len(received["A"]) % 50 == 0:
                 await trio.sleep(0.001)  # a slow reader, so the buffer fills
     assert received == {"A": list(range(count)), "B": list(range(count))}
+
+
+async def test_what_must_be_heard_goes_past_the_bound_behind_the_audio(
+    nursery: trio.Nursery,
+) -> None:
+    """Once audio is dropped, a message sent ``droppable=False`` still goes, after the audio
+    that waits; such messages have a bound of their own, ``max_buffer`` further."""
+    report: dict[str, int] = {}
+    resume = trio.Event()
+
+    async def flood_then_mark(ws: WebSocket) -> None:
+        accepted = 0
+        while ws.send_binary(bytes(100)):
+            accepted += 1
+        assert ws.send_text(b"mark", droppable=False)
+        report.update(accepted=accepted, buffered=ws.buffered)
+        marks = 1
+        while ws.send_text(b"mark", droppable=False):
+            marks += 1
+        report.update(marks=marks, most=ws.buffered)
+        resume.set()
+        await ws.wait_flushed()
+
+    port = await serve_ours(nursery, flood_then_mark, max_buffer=4096, send_buffer=4096)
+    codec = Codec(Role.CLIENT)
+    async with raw_client(port, receive_buffer=4096) as (stream, rest):
+        await resume.wait()
+        messages = codec.receive_data(rest)
+        while len(messages) < report["accepted"] + report["marks"]:
+            messages += codec.receive_data(bytes(await stream.receive_some(65536)))
+        await stream.send_all(codec.close() + codec.data_to_send())
+        await read_until_closed(stream, codec)
+    assert 4096 - 102 < report["buffered"] - len(b"mark") - 2 <= 4096
+    assert 4096 * 2 - 6 < report["most"] <= 4096 * 2
+    assert (
+        messages
+        == [Message(bytes(100), False)] * report["accepted"]
+        + [Message(b"mark", True)] * report["marks"]
+    )
+
+
+@pytest.mark.parametrize(
+    ("tls", "more"),
+    [(False, False), (False, True), (True, True)],
+    ids=["socket", "socket, more audio after a partial send", "tls, more audio while sending"],
+)
+async def test_discard_queued_drops_the_audio_waiting_whole_and_nothing_else(
+    nursery: trio.Nursery,
+    server_tls: ssl.SSLContext,
+    client_tls: ssl.SSLContext,
+    tls: bool,
+    more: bool,
+) -> None:
+    """A barge-in on a peer that reads slowly: the audio frames waiting whole are dropped;
+    the marks between them, and the frame the transport has begun to send (over TLS: every
+    byte of the copy it is sending), still go, in order, before what is sent after. The peer
+    gets only whole frames."""
+    sent: list[Message] = []
+    report: dict[str, int] = {}
+    flooded, made_room, resume = trio.Event(), trio.Event(), trio.Event()
+
+    async def flood_and_discard(ws: WebSocket) -> None:
+        def flood(most: int) -> None:
+            """Numbered audio, a mark after every tenth, until one is dropped or ``most``."""
+            for _ in range(most):
+                audio = Message(b"%06d" % len(sent) + bytes(94), False)
+                if not ws.send_binary(audio.data):
+                    return
+                sent.append(audio)
+                if len(sent) % 10 == 0:
+                    mark = Message(b"mark %d" % len(sent), True)
+                    assert ws.send_text(mark.data, droppable=False)
+                    sent.append(mark)
+
+        flood(600)  # more than the kernel takes, less than the bound: room for more
+        flooded.set()
+        await made_room.wait()
+        await trio.testing.wait_all_tasks_blocked()  # the flusher sent what it could
+        if more:
+            flood(20)
+        report["discarded"] = ws.discard_queued()
+        assert ws.send_text(b"clear", droppable=False)
+        assert ws.send_binary(b"after")
+        sent.extend([Message(b"clear", True), Message(b"after", False)])
+        resume.set()
+        await ws.wait_flushed()
+
+    port = await serve_ours(
+        nursery,
+        flood_and_discard,
+        tls=server_tls if tls else None,
+        max_buffer=65536,
+        send_buffer=0 if tls else 4096,
+    )
+    client: trio.abc.Stream = await open_stream(port, receive_buffer=4096)
+    if tls:
+        client = trio.SSLStream(client, client_tls, server_hostname="127.0.0.1")
+    async with client:
+        await client.send_all(client_request("127.0.0.1", "/", "dGhlIHNhbXBsZSBub25jZQ=="))
+        await flooded.wait()
+        codec = Codec(Role.CLIENT)
+        _, rest = await read_head(client)
+        messages = codec.receive_data(rest + await client.receive_some(65536))
+        made_room.set()
+        await resume.wait()
+        while not messages or messages[-1] != Message(b"after", False):
+            messages += codec.receive_data(bytes(await client.receive_some(65536)))
+        await client.send_all(codec.close() + codec.data_to_send())
+        with contextlib.suppress(trio.BrokenResourceError):  # TLS ends with no close_notify
+            await read_until_closed(client, codec)
+
+    audio = [index for index, message in enumerate(sent) if not message.is_text]
+    discarded = audio[-1 - report["discarded"] : -1]  # the last ones before "after"
+    assert report["discarded"] > 0
+    assert messages == [message for index, message in enumerate(sent) if index not in discarded]

@@ -1,7 +1,9 @@
-"""The bridge's audio conversions (:mod:`voicecalld.media.audio`), pure: no event loop, no socket.
+"""The bridge's audio conversions and frames (:mod:`voicecalld.media.audio`), pure: no event
+loop, no socket.
 
 :mod:`voicecalld.media.g711` is checked against the ITU tables in ``test_g711.py``; here, that
-each pair of formats runs the steps it needs, in order, and nothing for a pair that matches.
+each pair of formats runs the steps it needs, in order, and nothing for a pair that matches;
+and that the framer cuts any chunks into whole frames, losing and repeating nothing.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from voicecalld.media import g711
-from voicecalld.media.audio import BRIDGE_FORMATS, Transcoder
+from voicecalld.media.audio import BRIDGE_FORMATS, Framer, Transcoder, frame_bytes
 
 FRAME = bytes(range(160))
 PCM_8K = g711.ulaw_to_pcm16(FRAME)
@@ -75,3 +77,34 @@ def test_mulaw_survives_a_pcm16_bridge_both_ways(audio: bytes) -> None:
     to_app = Transcoder(("mulaw", 8000), BRIDGE_FORMATS["pcm16"])
     to_carrier = Transcoder(BRIDGE_FORMATS["pcm16"], ("mulaw", 8000))
     assert to_carrier(to_app(audio)) == audio.replace(b"\x7f", b"\xff")
+
+
+@pytest.mark.parametrize(
+    ("encoding", "expected"), [("mulaw", 160), ("pcm16", 320), ("pcm16-16k", 640)]
+)
+def test_20_ms_of_each_bridge_format(encoding: str, expected: int) -> None:
+    assert frame_bytes(BRIDGE_FORMATS[encoding], 20) == expected
+
+
+@given(st.lists(st.binary(max_size=700), max_size=20), st.sampled_from([160, 320, 640]))
+def test_the_framer_cuts_any_chunks_into_whole_frames_in_order(
+    chunks: list[bytes], size: int
+) -> None:
+    framer = Framer(size)
+    frames = [frame for chunk in chunks for frame in framer.cut(chunk)]
+    assert all(len(frame) == size for frame in frames)
+    assert b"".join(frames) + framer.rest == b"".join(chunks)
+    assert len(framer.rest) < size
+
+
+def test_a_whole_frame_with_nothing_kept_is_not_copied() -> None:
+    framer = Framer(160)
+    assert framer.cut(FRAME)[0] is FRAME
+    assert framer.cut(FRAME[:100]) == []
+    assert framer.cut(FRAME) == [FRAME[:100] + FRAME[:60]]
+    assert framer.rest == FRAME[60:]
+
+
+def test_a_frame_holds_a_byte_at_least() -> None:
+    with pytest.raises(ValueError, match="at least one byte"):
+        Framer(0)

@@ -1,10 +1,17 @@
-"""Audio format conversion between a carrier's stream and the application bridge.
+"""Audio format conversion between a carrier's stream and the application bridge, and the
+bridge's 20 ms frames.
 
 A format is ``(encoding, sample_rate)`` with encoding ``mulaw``, ``alaw`` or ``pcm16``
 (16-bit little-endian). A :class:`Transcoder` is built once per stream and direction, so the
 per-frame work is one call: nothing when the formats match (the common μ-law to μ-law bridge
 passes the carrier's bytes through untouched), else decode, resample, encode with
 :mod:`voicecalld.media.g711`'s tables.
+
+Carriers do not promise 20 ms chunks; the bridge does (SPEC §8, ``frame_ms``). A
+:class:`Framer` cuts what comes into frames of exactly :func:`frame_bytes`, keeping what is
+short of a frame for the next chunk, so no sample is lost or repeated on the way. It is the
+slow path: a chunk that is already one whole frame, with nothing kept, is sent as it came
+without going through it.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ from typing import Final, TypeVar
 
 from voicecalld.media import g711
 
-__all__ = ["BRIDGE_FORMATS", "Format", "Transcoder"]
+__all__ = ["BRIDGE_FORMATS", "Format", "Framer", "Transcoder", "frame_bytes"]
 
 Format = tuple[str, int]
 K = TypeVar("K")
@@ -60,6 +67,45 @@ class Transcoder:
         for step in self.steps:
             audio = step(audio)
         return audio
+
+
+def frame_bytes(audio_format: Format, ms: int) -> int:
+    """Bytes of ``ms`` milliseconds of ``audio_format``: 160 for 20 ms of G.711 at 8 kHz,
+    320 for 16-bit PCM at 8 kHz, 640 at 16 kHz."""
+    encoding, rate = audio_format
+    return rate * ms // 1000 * (2 if encoding == "pcm16" else 1)
+
+
+class Framer:
+    """Cuts a stream of audio chunks into frames of exactly ``size`` bytes.
+
+    :attr:`rest` holds what is short of a whole frame until the next chunk completes it (one
+    bytearray for the framer's life, so a caller may keep it to see whether it is empty); what
+    it holds when the stream ends is the caller's to drop (the bridge drops it: see
+    :mod:`voicecalld.media.streams`).
+
+    Example::
+
+        framer = Framer(160)
+        framer.cut(bytes(400))  # two frames of 160; 80 bytes kept
+        framer.cut(bytes(80))   # one frame: the 80 kept and these 80
+    """
+
+    def __init__(self, size: int) -> None:
+        if size <= 0:
+            raise ValueError(f"a frame must hold at least one byte, not {size}")
+        self.size = size
+        self.rest = bytearray()
+
+    def cut(self, audio: bytes) -> list[bytes]:
+        """The whole frames that what is kept and ``audio`` make, in order."""
+        size, rest = self.size, self.rest
+        if rest:
+            audio = bytes(rest) + audio
+            rest.clear()
+        whole = len(audio) - len(audio) % size
+        rest += memoryview(audio)[whole:]
+        return [audio[i : i + size] for i in range(0, whole, size)]
 
 
 def _lookup(

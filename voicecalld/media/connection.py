@@ -19,12 +19,23 @@ Invariants, and why:
   that raises ends the delivery with its exception, so a bug is reported to the owner, not
   lost in the poller. The owner still closes the connection; closing ends the delivery first.
 - Sending is synchronous: :meth:`WebSocket.send_text` tries ``socket.send`` at once. Whatever
-  the kernel does not take waits in one outgoing buffer, in order, bounded by
-  ``max_buffer`` (only a single frame bigger than the bound, sent while the buffer was
-  empty, may wait there alone); a frame that would take the buffer over the bound is
+  the kernel does not take waits in one outgoing buffer, in order. A send never yields to
+  trio, so frames are never interleaved and any number of tasks may send on one connection.
+- Messages are *droppable* (audio: the default) or not (what the peer must hear: a mark, a
+  clear, a ``stop``). A droppable one that would take the buffer over ``max_buffer`` is
   dropped whole (the send returns ``False`` and :attr:`WebSocket.dropped` counts it), never
-  cut, so a slow peer costs lost audio, not memory. A send never yields to trio, so frames
-  are never interleaved and any number of tasks may send on one connection.
+  cut, so a slow peer costs lost audio, not memory (only a single frame bigger than the
+  bound, sent while the buffer was empty, may wait there alone). Other messages go past
+  that bound, behind what waits: dropping them would lose a barge-in or leave an app
+  waiting for a mark forever. They have a bound of their own, ``max_buffer`` more, so a
+  peer that reads nothing while the other side sends marks in a loop still cannot grow
+  memory without limit; that far behind, they are dropped and counted like audio.
+- :meth:`WebSocket.discard_queued` drops the droppable messages still waiting whole in the
+  buffer (a barge-in: audio queued for the caller must not play). So the buffer knows where
+  each droppable frame queued there begins and ends, counted in bytes taken from its front
+  since the connection opened; a frame the kernel took a part of is past saving and goes
+  out whole, as does every other message, in order. The bookkeeping is only done for frames
+  that wait: a frame the kernel takes at once (the usual case) costs nothing more.
 - The buffer is flushed by the next send, and by a flusher that exists only while it holds
   bytes. The flusher is a trio *system* task: it needs no nursery from the caller, lives
   for as long as the socket is not writable and catches every I/O error itself (a system
@@ -61,6 +72,7 @@ import logging
 import socket
 import ssl
 import types
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Protocol, final
 from urllib.parse import urlsplit
@@ -116,6 +128,10 @@ class ConnectionClosed(Exception):
 
 
 class _Transport(Protocol):
+    pinned: int
+    """Bytes at the front of the outgoing buffer that a :meth:`send_some` under way is sending
+    from a copy: they must stay where they are until it returns."""
+
     async def receive(self) -> bytes:
         """Bytes from the peer; ``b""`` at end of stream."""
 
@@ -142,6 +158,8 @@ class _SocketTransport:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock = sock
         self._sock = sock
+        self.pinned = 0
+        """Always: :meth:`send_some` sends from the buffer itself, after its wait."""
 
     def _check_open(self) -> None:
         # trio would wait on descriptor -1 with a ValueError; say what happened instead
@@ -189,6 +207,7 @@ class _StreamTransport:
 
     def __init__(self, stream: trio.abc.Stream) -> None:
         self._stream = stream
+        self.pinned = 0
 
     async def receive(self) -> bytes:
         return bytes(await self._stream.receive_some(_RECV_SIZE))
@@ -198,7 +217,11 @@ class _StreamTransport:
 
     async def send_some(self, data: bytearray) -> int:
         chunk = bytes(data)
-        await self._stream.send_all(chunk)
+        self.pinned = len(chunk)
+        try:
+            await self._stream.send_all(chunk)
+        finally:
+            self.pinned = 0
         return len(chunk)
 
     async def send_all(self, data: bytes) -> None:
@@ -237,9 +260,17 @@ class WebSocket:
         self._transport = transport
         self._codec = codec
         self._max_buffer = max_buffer
+        self._hard_limit = 2 * max_buffer
+        """What the buffer holds at most, but for a close frame: the bound of messages that
+        are not droppable."""
         self._close_timeout = close_timeout
         self._send_nowait = transport.send_nowait
         self._out = bytearray()
+        self._taken = 0
+        """Bytes the transport took from the front of ``_out`` since the connection opened."""
+        self._droppable: deque[tuple[int, int]] = deque()
+        """Where droppable frames queued whole in ``_out`` begin and end, counted as ``_taken``
+        is; a frame whose start was taken is past dropping (its entry goes at the next one)."""
         self._backlog: list[Message] = []
         self._can_send = True
         self._eof = False
@@ -260,7 +291,8 @@ class WebSocket:
         self._paused = False
         self._resumed = trio.lowlevel.ParkingLot()
         self.dropped = 0
-        """Frames dropped because the outgoing buffer was full (messages sent, and pongs)."""
+        """Frames dropped because the outgoing buffer was full (messages sent, and pongs);
+        not those :meth:`discard_queued` dropped."""
 
     # -- receiving -------------------------------------------------------------------------
 
@@ -306,9 +338,9 @@ class WebSocket:
         control = self._codec.data_to_send()
         if control:
             if self._codec.state is State.OPEN:
-                # only pongs: bounded like data, so a peer that pings without reading
+                # only pongs: bounded like audio, so a peer that pings without reading
                 # cannot grow the buffer (RFC 6455 lets a pong answer only the last ping)
-                self._write(control, limited=True)
+                self._write(control, self._max_buffer)
             else:
                 # a close frame (ours or our answer), after any pongs: it must go
                 self._can_send = False
@@ -472,21 +504,50 @@ class WebSocket:
 
     # -- sending ---------------------------------------------------------------------------
 
-    def send_text(self, data: bytes) -> bool:
+    def send_text(self, data: bytes, *, droppable: bool = True) -> bool:
         """Send one text message (``data`` is UTF-8, e.g. from ``orjson.dumps``).
 
-        Returns ``False`` when the frame was dropped because the outgoing buffer is full.
-        Raises :class:`ConnectionClosed` once the connection is closing or closed.
+        A ``droppable`` message (audio) is dropped when the outgoing buffer is full, and by
+        :meth:`discard_queued` while it waits; any other (a mark, a clear, a ``stop``) goes
+        behind what waits even past ``max_buffer``, and is dropped only ``max_buffer`` further.
+        Returns ``False`` when the frame was dropped. Raises :class:`ConnectionClosed` once
+        the connection is closing or closed.
         """
         if not self._can_send:
             raise self._status()
-        return self._write(self._codec.text(data), limited=True)
+        if droppable:
+            return self._write(self._codec.text(data), self._max_buffer, True)
+        return self._write(self._codec.text(data), self._hard_limit)
 
-    def send_binary(self, data: bytes) -> bool:
+    def send_binary(self, data: bytes, *, droppable: bool = True) -> bool:
         """Send one binary message; same contract as :meth:`send_text`."""
         if not self._can_send:
             raise self._status()
-        return self._write(self._codec.binary(data), limited=True)
+        if droppable:
+            return self._write(self._codec.binary(data), self._max_buffer, True)
+        return self._write(self._codec.binary(data), self._hard_limit)
+
+    def discard_queued(self) -> int:
+        """Drop the droppable messages still waiting whole to be sent; return how many.
+
+        For a barge-in: audio queued for the caller must not play. Whatever else waits (marks,
+        and a frame the transport has begun to send) stays, in order.
+        """
+        out, taken = self._out, self._taken
+        untouched = taken + self._transport.pinned  # what comes before is sent, or going
+        spans = [
+            (start - taken, end - taken) for start, end in self._droppable if start >= untouched
+        ]
+        self._droppable.clear()
+        if spans:
+            kept, position = bytearray(), 0
+            with memoryview(out) as view:
+                for start, end in spans:
+                    kept += view[position:start]
+                    position = end
+                kept += view[position:]
+            out[:] = kept  # in place: the flusher holds this bytearray
+        return len(spans)
 
     @property
     def buffered(self) -> int:
@@ -502,20 +563,28 @@ class WebSocket:
         while self._out:
             await self._drained.park()
 
-    def _write(self, frame: bytes, *, limited: bool = False) -> bool:
+    def _write(self, frame: bytes, limit: int | None = None, droppable: bool = False) -> bool:
+        """Send ``frame``, behind what waits; ``False`` if that would take the buffer over
+        ``limit``. A ``droppable`` frame that waits whole is noted for :meth:`discard_queued`."""
         out = self._out
         if out:
-            if limited and len(out) + len(frame) > self._max_buffer:
+            if limit is not None and len(out) + len(frame) > limit:
                 self.dropped += 1
                 return False
+            if droppable:
+                self._note_droppable(len(out), len(frame))
             out += frame
             frame = b""  # sent below, from the buffer, behind what waits there
         try:
             if out:
-                del out[: self._send_nowait(out)]
+                sent = self._send_nowait(out)
+                del out[:sent]
+                self._taken += sent
             else:
                 sent = self._send_nowait(frame)
                 if sent < len(frame):
+                    if droppable and not sent:
+                        self._note_droppable(0, len(frame))
                     out += memoryview(frame)[sent:]
         except OSError:
             self._break()
@@ -525,10 +594,21 @@ class WebSocket:
             trio.lowlevel.spawn_system_task(self._flush, name="websocket flusher")
         return True
 
+    def _note_droppable(self, offset: int, length: int) -> None:
+        """A droppable frame of ``length`` bytes waits whole at ``offset`` in the buffer."""
+        droppable, taken = self._droppable, self._taken
+        while droppable and droppable[0][0] < taken:  # sent since, in part at least
+            droppable.popleft()
+        start = taken + offset
+        droppable.append((start, start + length))
+
     async def _flush(self) -> None:
         try:
             while self._out:
-                del self._out[: await self._transport.send_some(self._out)]
+                sent = await self._transport.send_some(self._out)
+                del self._out[:sent]
+                self._taken += sent
+            self._droppable.clear()
         except _IO_ERRORS:
             self._break()
         except Exception:
@@ -545,6 +625,7 @@ class WebSocket:
         self._eof = True
         self._can_send = False
         self._out.clear()
+        self._droppable.clear()
         self._drained.unpark_all()
 
     # -- closing ---------------------------------------------------------------------------

@@ -8,7 +8,20 @@ that handles it on the spot: an audio frame is parsed, converted and sent straig
 side, synchronously. Sends never block (a full outgoing buffer drops the frame, counted in
 ``/metrics``), so a slow side costs audio, never memory. (Waking a task per frame, with the
 layers around it, was a good quarter of the daemon's time; the poller halves the cost of a
-bridged frame.)
+bridged frame.) Only audio is dropped so: a mark, a clear, a DTMF digit or ``stop`` goes
+behind whatever waits, past the bound audio keeps (up to a second bound of its own: see
+:mod:`voicecalld.media.connection`). An app's ``clear`` is a barge-in: the audio still waiting
+to be sent to the carrier is dropped, then the carrier is told to clear what it queued.
+
+The app hears the caller in frames of exactly 20 ms of its encoding, as ``start`` says
+(``frame_ms``), whatever the size of the carrier's chunks: a chunk of exactly one frame, with
+nothing kept from the last one, goes as it came (the usual case, and the hot path: a length
+check is all it costs); any other is cut by the stream's :class:`~voicecalld.media.audio.Framer`,
+which keeps what is short of a frame for the next chunk. What it keeps when the stream ends,
+under 20 ms of audio after the carrier's last chunk, is dropped, not padded to a frame: padding
+would hand the app sound nobody made, ahead of a ``stop`` that ends the audio anyway. The app's
+audio goes to the carrier in the chunks the app sent: SPEC §8 sets no size for them, and a
+carrier plays chunks of any size (Telnyx asks for 20 ms at least: an app should send that).
 
 What cannot be done without awaiting (recording a DTMF digit; ending the call on a hang-up,
 on bad audio from the app, or when its bridge closes) is a *job* for the stream's own task,
@@ -76,7 +89,7 @@ from voicecalld.carriers.base import (
 )
 from voicecalld.config import Config
 from voicecalld.media import handshake
-from voicecalld.media.audio import BRIDGE_FORMATS, Format, Transcoder
+from voicecalld.media.audio import BRIDGE_FORMATS, Format, Framer, Transcoder, frame_bytes
 from voicecalld.media.connection import ConnectionClosed, WebSocket, accept, connect, refuse
 from voicecalld.media.handshake import HandshakeError
 from voicecalld.media.poller import AVAILABLE as POLLER_AVAILABLE
@@ -136,6 +149,8 @@ class _Stream:
     """Carrier audio to the bridge's encoding; ``None`` when they are the same."""
     to_carrier: Transcoder | None = None
     """The app's audio to what the carrier plays; ``None`` when they are the same."""
+    framer: Framer | None = None
+    """Cuts the caller's audio into the bridge's 20 ms frames; set with the bridge."""
     jobs: deque[Job] = attrs.Factory(deque)
     """What callbacks left to the stream's task, in the order they came."""
     wake: trio.Event = attrs.Factory(trio.Event)
@@ -149,7 +164,9 @@ class _Stream:
     stop_reason: str = ""
     close_code: int = CloseCode.NORMAL
     frames_in: int = 0
+    """The app's 20 ms frames (without a bridge, the carrier's audio messages)."""
     frames_out: int = 0
+    """The app's audio messages."""
     dropped_in: int = 0
     dropped_out: int = 0
     counted: tuple[int, int, int, int] = (0, 0, 0, 0)
@@ -423,6 +440,7 @@ class MediaStreams:
             return False
         stream.to_app = None if to_app.identity else to_app
         stream.to_carrier = None if to_carrier.identity else to_carrier
+        stream.framer = Framer(frame_bytes(bridge_format, FRAME_MS))
         start = {
             "type": "start",
             "call": self.manager.calls.get(call.id, call).to_json(),
@@ -433,7 +451,7 @@ class MediaStreams:
                 "frame_ms": FRAME_MS,
             },
         }
-        _send_text(stream.bridge, start)  # if the bridge closed already, its callback will say
+        _to_app(stream, start)  # if the bridge closed already, its callback will say
         return True
 
     def _deliver(
@@ -478,25 +496,35 @@ class MediaStreams:
     def _from_carrier(self, stream: _Stream, batch: list[Message]) -> bool:
         """Carrier → app, the hot path: one batch of the carrier's messages.
 
-        Per frame: parse, convert (nothing for the usual μ-law to μ-law), one synchronous send.
+        Per frame: parse, convert (nothing for the usual μ-law to μ-law), one synchronous send
+        when the chunk is one 20 ms frame (else as many as the framer cuts from it).
         Returns whether the whole batch was handled: not when the stream is over, nor when
         the carrier waits for a DTMF digit to be recorded (then the rest goes after it).
         """
-        parse, convert = stream.protocol.parse, stream.to_app
+        parse, convert, framer = stream.protocol.parse, stream.to_app, stream.framer
         send = stream.bridge.send_binary if stream.bridge is not None else None
+        size, kept = (0, b"") if framer is None else (framer.size, framer.rest)
         frames = dropped = 0
         try:
             for index, (data, _) in enumerate(batch):
                 event = parse(data)
                 if type(event) is StreamAudio:
-                    frames += 1
                     if send is None:
+                        frames += 1
                         continue
-                    try:
-                        if not send(event.audio if convert is None else convert(event.audio)):
+                    audio = event.audio if convert is None else convert(event.audio)
+                    if len(audio) == size and not kept:  # one frame: as it came
+                        frames += 1
+                        try:
+                            if not send(audio):
+                                dropped += 1
+                        except ConnectionClosed:  # the bridge's own callback tells its end
                             dropped += 1
-                    except ConnectionClosed:  # the bridge's own callback tells its end
-                        dropped += 1
+                    else:
+                        assert framer is not None  # set with the bridge
+                        cut = framer.cut(audio)
+                        frames += len(cut)
+                        dropped += _send_frames(send, cut)
                 elif not self._carrier_event(stream, event, batch[index + 1 :]):
                     return False
             return True
@@ -522,12 +550,12 @@ class MediaStreams:
             self._over(stream)
             return False
         if isinstance(event, StreamDtmf):
-            _send_text(stream.bridge, {"type": "dtmf", "digit": event.digit})
+            _to_app(stream, {"type": "dtmf", "digit": event.digit})
             stream.carrier_ws.pause()
             self._later(stream, partial(self._record_dtmf, stream, event.digit, rest))
             return False
         if isinstance(event, StreamMark):
-            _send_text(stream.bridge, {"type": "mark", "name": event.name})
+            _to_app(stream, {"type": "mark", "name": event.name})
         return True
 
     async def _record_dtmf(self, stream: _Stream, digit: str, rest: list[Message]) -> None:
@@ -586,9 +614,10 @@ class MediaStreams:
                 self._count(stream)
 
     def _to_carrier(self, stream: _Stream, message: bytes) -> None:
-        """A control message to the carrier (a full buffer drops it, like audio)."""
+        """A message the carrier must get (a mark, a clear), behind the audio that waits:
+        never dropped for audio's sake."""
         try:
-            if not stream.carrier_ws.send_text(message):
+            if not stream.carrier_ws.send_text(message, droppable=False):
                 stream.dropped_out += 1
         except ConnectionClosed:
             stream.dropped_out += 1
@@ -600,6 +629,8 @@ class MediaStreams:
         kind = command.get("type")
         stream_id, protocol = stream.started.stream_id, stream.protocol
         if kind == "clear":
+            # barge-in: the audio still waiting for the carrier must not play either
+            stream.carrier_ws.discard_queued()
             self._to_carrier(stream, protocol.clear(stream_id))
         elif kind == "mark" and _mark_name(command.get("name")):
             self._to_carrier(stream, protocol.mark(stream_id, command["name"]))
@@ -653,13 +684,12 @@ class MediaStreams:
     # -- the end of a stream -----------------------------------------------------------------
 
     async def _finish(self, stream: _Stream) -> None:
-        """After a stream (shielded): count it, tell the app ``stop``, let the manager start
-        the grace period, then close both websockets and record the end, side by side."""
-        self._count(stream)
+        """After a stream (shielded): tell the app ``stop``, count the stream, let the manager
+        start the grace period, then close both websockets and record the end, side by side."""
         stream.ending("stream ended")
         reason = stream.stop_reason
-        if stream.bridge is not None:
-            _send_text(stream.bridge, {"type": "stop", "reason": reason})
+        _to_app(stream, {"type": "stop", "reason": reason})
+        self._count(stream)
         call = stream.call
         if call is not None:
             if self._current.get(call.id) is stream:
@@ -772,11 +802,25 @@ def _mark_name(name: object) -> bool:
     return isinstance(name, str) and 0 < len(name) <= MAX_MARK_NAME
 
 
-def _send_text(ws: WebSocket | None, message: dict[str, Any]) -> None:
-    """A control message to the app, if there is one and it is still open."""
-    if ws is not None:
-        with contextlib.suppress(ConnectionClosed):
-            ws.send_text(orjson.dumps(message))
+def _to_app(stream: _Stream, message: dict[str, Any]) -> None:
+    """A message the app must get (``start``, a digit, a mark, ``stop``), if the stream has a
+    bridge and it is still open: behind the audio that waits, never dropped for its sake."""
+    if stream.bridge is not None:
+        with contextlib.suppress(ConnectionClosed):  # the bridge's own callback tells its end
+            if not stream.bridge.send_text(orjson.dumps(message), droppable=False):
+                stream.dropped_in += 1
+
+
+def _send_frames(send: Callable[[bytes], bool], frames: list[bytes]) -> int:
+    """Send each of ``frames`` (audio); how many were dropped."""
+    dropped = 0
+    for frame in frames:
+        try:
+            if not send(frame):
+                dropped += 1
+        except ConnectionClosed:  # the bridge's own callback tells its end
+            dropped += 1
+    return dropped
 
 
 def _networks(config: Config) -> Networks:
