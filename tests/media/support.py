@@ -2,49 +2,60 @@
 
 Everything runs over real loopback sockets: the daemon of :mod:`voicecalld.testing` (webhooks
 and ``/media/{provider}`` on one port), the carrier simulator's REST surface for the hang-ups it
-owes, and a :class:`BridgeApp` standing in for the application at ``media.bridge_url``. Carrier
-streams are opened with voicecalld's own websocket client (its codec is tested against wsproto
-and trio-websocket in ``test_websocket.py`` and ``test_connection.py``).
+owes, and a :class:`BridgeApp` standing in for the application at ``media.bridge_url``. Both
+ends the tests play, the carriers' streams and the app, run on trio-websocket (wsproto, for a
+carrier that must write its upgrade and messages in one go), never on voicecalld's own codec:
+every test is the daemon against an independent websocket implementation.
 
 A :class:`Peer` reads one message at a time; every wait is bounded (``WAIT`` seconds) so a
-missing message fails the test instead of hanging it. Every websocket a test opens is closed
-when its :class:`Rig` ends: a socket left to the garbage collector is a ResourceWarning.
+missing message fails the test instead of hanging it. Its :class:`Socket` (``peer.ws``) sends
+without awaiting, as the tests write (``carrier.ws.send_text(...)``): messages queue, in order,
+for one writer task, and what a test sent between two awaits goes out in one write, so that
+voicecalld reads it together (trio-websocket writes each message on its own: the writer holds
+the socket's writes back meanwhile, see :class:`HeldStream`). :meth:`Socket.wait_flushed` waits
+until they have gone to the kernel. Every websocket a test opens is closed when its
+:class:`Rig` ends, and its socket with it: a socket left to the garbage collector is a
+ResourceWarning.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
+import math
 import socket
 import time
 import xml.etree.ElementTree as ET
-from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import attrs
 import orjson
 import trio
 from nacl.signing import SigningKey
 from plivo.utils.signature_v3 import construct_post_url, get_signature_v3
+from trio_websocket import (
+    ConnectionClosed,
+    ConnectionRejected,
+    WebSocketConnection,
+    wrap_client_stream,
+    wrap_server_stream,
+)
 from twilio.request_validator import RequestValidator
+from wsproto import ConnectionType
+from wsproto.events import Request
+from wsproto.frame_protocol import FrameProtocol
+from wsproto.handshake import H11Handshake
 
 from tests.carriers.helpers import sample
 from tests.support import wait_until
 from voicecalld.calls.model import Call
 from voicecalld.carriers import mock
 from voicecalld.carriers.telnyx.wire import decode_client_state
-from voicecalld.media.connection import ConnectionClosed, WebSocket, accept, connect, refuse
-from voicecalld.media.handshake import (
-    HandshakeError,
-    client_request,
-    head_length,
-    new_key,
-    parse_request,
-)
-from voicecalld.media.websocket import Codec, Message, Role
+from voicecalld.media.handshake import HandshakeError
 from voicecalld.sim.rest import FakeCarriers, RecordedRequest, serve_fake_carriers
 from voicecalld.sim.state import SimCall, SimStatus
 from voicecalld.testing import Daemon, free_port, make_config, running
@@ -53,22 +64,189 @@ WAIT: Final = 5.0
 """Seconds any one expected message may take before the test fails. Under an autojump clock,
 waits that span a timer pass ``within=math.inf``: the clock jumps to the nearest deadline
 whenever the daemon waits for its store's thread, and a test's own deadline must not be it."""
+CLOSE_TIMEOUT: Final = 1.0
+"""Seconds a closing websocket waits for its queue to drain and the peer's close frame."""
 API_TOKEN: Final = "test-token"
 """``make_config``'s API token: also the mock carrier's webhook secret."""
+
+
+@attrs.frozen
+class Message:
+    """One websocket message: ``data`` is UTF-8 when ``is_text``."""
+
+    data: bytes
+    is_text: bool
+
+
+class Closed(Exception):
+    """The websocket is closed: raised by :meth:`Socket.receive` once it is.
+
+    ``code`` and ``reason`` are those of the close frame that started the closing handshake,
+    whichever side sent it (1006 when the connection ended without one); ``by_peer`` tells
+    which side that was (trio-websocket's own closes, 1002 or 1009, count as the peer's).
+    """
+
+    def __init__(self, code: int, reason: str, by_peer: bool) -> None:
+        super().__init__(f"websocket closed: {code} {reason}".rstrip())
+        self.code = code
+        self.reason = reason
+        self.by_peer = by_peer
+
+
+class HeldStream(trio.abc.Stream):
+    """A socket stream whose writes can be held back, to go out together in one write.
+
+    trio-websocket writes every message (and every pong or close answer of its reader task)
+    with its own ``send_all``; between :meth:`hold` and :meth:`release` they wait here.
+    """
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.socket_stream = stream
+        self._held: bytearray | None = None
+        self._lock = trio.Lock()
+        """One write at a time: a release, or a write of trio-websocket's reader task."""
+
+    def hold(self) -> None:
+        self._held = bytearray()
+
+    async def release(self) -> None:
+        """Write what was held back, in one write, and stop holding."""
+        async with self._lock:
+            held, self._held = self._held, None
+            if held:
+                await self.socket_stream.send_all(held)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        async with self._lock:
+            if self._held is None:
+                await self.socket_stream.send_all(data)
+            else:
+                self._held += data
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.socket_stream.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        return await self.socket_stream.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.socket_stream.aclose()
+
+
+class Socket:
+    """A trio-websocket connection, driven as the tests drive it.
+
+    Sends never await: they queue, in order and without bound, for :meth:`run`, the one task
+    that sends them (so ``True``, always: a test's sends are never dropped). A send after
+    :meth:`close` raises ``trio.ClosedResourceError``; one the peer no longer takes (it closed)
+    is dropped, as it would be on the wire.
+    """
+
+    def __init__(self, connection: WebSocketConnection, stream: HeldStream) -> None:
+        self.connection = connection
+        self._stream = stream
+        self._queue, self._outbox = trio.open_memory_channel[str | bytes](math.inf)
+        self._unsent = 0
+        self._flushed = trio.lowlevel.ParkingLot()
+        self._close: tuple[int, str] | None = None
+        """The close asked for, once :meth:`close` is called."""
+        self._ours = False
+        """Whether our close frame started the closing handshake (not the peer's)."""
+        self._scope = trio.CancelScope()
+        self._done = trio.Event()
+
+    def send_text(self, data: bytes) -> bool:
+        """Queue one text message (``data`` is UTF-8, e.g. from ``orjson.dumps``)."""
+        return self._send(data.decode())
+
+    def send_binary(self, data: bytes) -> bool:
+        return self._send(data)
+
+    def _send(self, message: str | bytes) -> bool:
+        self._queue.send_nowait(message)
+        self._unsent += 1
+        return True
+
+    async def wait_flushed(self) -> None:
+        """Wait until every message queued so far has gone to the kernel (or was dropped)."""
+        while self._unsent:
+            await self._flushed.park()
+
+    async def receive(self) -> Message:
+        """The next message; :class:`Closed` once the websocket is closed (after the
+        messages that came before the peer's close frame; none after our own)."""
+        try:
+            message = await self.connection.get_message()
+        except ConnectionClosed as closed:
+            raise self._closed(closed) from None
+        if isinstance(message, str):
+            return Message(message.encode(), is_text=True)
+        return Message(message, is_text=False)
+
+    def _closed(self, closed: ConnectionClosed) -> Closed:
+        if self._ours and self._close is not None:
+            return Closed(*self._close, by_peer=False)
+        if closed.reason is None:
+            return Closed(1006, "", by_peer=True)
+        return Closed(closed.reason.code, closed.reason.reason or "", by_peer=True)
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        """Close after what is queued: the closing handshake within ``CLOSE_TIMEOUT``, else
+        the connection is cut. Idempotent."""
+        if self._close is None:
+            self._close = (code, reason)
+            self._queue.close()
+        with trio.move_on_after(CLOSE_TIMEOUT):
+            await self._done.wait()
+        self._scope.cancel()
+        await self._done.wait()
+
+    async def run(self) -> None:
+        """Send what is queued, in order, until :meth:`close`; then close the websocket."""
+        try:
+            with self._scope:
+                async with self._outbox:
+                    while True:
+                        try:
+                            batch = [await self._outbox.receive()]
+                        except trio.EndOfChannel:
+                            break
+                        with contextlib.suppress(trio.WouldBlock, trio.EndOfChannel):
+                            while True:
+                                batch.append(self._outbox.receive_nowait())
+                        await self._send_together(batch)
+                        self._unsent -= len(batch)
+                        self._flushed.unpark_all()
+                assert self._close is not None
+                code, reason = self._close
+                self._ours = self.connection.closed is None
+                await self.connection.aclose(code, reason or None)
+        finally:
+            self._unsent = 0
+            self._flushed.unpark_all()
+            self._done.set()
+
+    async def _send_together(self, batch: list[str | bytes]) -> None:
+        """One write for what a test sent between two awaits (dropped once the peer closed)."""
+        self._stream.hold()
+        try:
+            for message in batch:
+                await self.connection.send_message(message)
+        except ConnectionClosed:
+            pass
+        finally:
+            await self._stream.release()
 
 
 class Peer:
     """One end of a websocket, read one message at a time."""
 
-    def __init__(self, ws: WebSocket) -> None:
+    def __init__(self, ws: Socket) -> None:
         self.ws = ws
-        self._pending: deque[Message] = deque()
 
     async def receive(self, within: float = WAIT) -> Message:
         with trio.fail_after(within):
-            while not self._pending:
-                self._pending.extend(await self.ws.receive_batch())
-        return self._pending.popleft()
+            return await self.ws.receive()
 
     async def json(self, within: float = WAIT) -> dict[str, Any]:
         """The next message, which must be text JSON."""
@@ -83,15 +261,14 @@ class Peer:
         assert not message.is_text, f"expected binary, got {message!r:.80}"
         return message.data
 
-    async def closed(self, within: float = WAIT) -> tuple[ConnectionClosed, list[Message]]:
+    async def closed(self, within: float = WAIT) -> tuple[Closed, list[Message]]:
         """Read until the websocket closes: the close, and every message not read before it."""
-        messages = list(self._pending)
-        self._pending.clear()
+        messages: list[Message] = []
         with trio.fail_after(within):
             try:
                 while True:
-                    messages += await self.ws.receive_batch()
-            except ConnectionClosed as closed:
+                    messages.append(await self.ws.receive())
+            except Closed as closed:
                 return closed, messages
 
     def send_json(self, value: dict[str, Any]) -> None:
@@ -102,7 +279,7 @@ class Peer:
 
 
 class BridgeApp:
-    """The application at ``media.bridge_url``: a websocket server on 127.0.0.1, port 0.
+    """The application at ``media.bridge_url``: a trio-websocket server on 127.0.0.1, port 0.
 
     Each connection voicecalld opens arrives as a :class:`Peer` from :meth:`next`; the upgrade
     requests are kept in :attr:`paths`. With :attr:`refusing` set, upgrades get a 503.
@@ -131,26 +308,27 @@ class BridgeApp:
         """Connections accepted from now on start with a receive buffer this small."""
         self.listener.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
 
-    async def _on_connection(self, stream: trio.SocketStream) -> None:
-        received = b""
-        while (length := head_length(received)) is None:
-            data = await stream.receive_some(4096)
-            if not data:
-                await stream.aclose()
-                return
-            received += data
-        try:
-            request = parse_request(received[:length])
-        except HandshakeError as refused:
-            await refuse(stream, refused.status, refused.message)
-            return
-        self.paths.append(request.path)
-        if self.refusing:
-            await refuse(stream, 503, "not now")
-            return
-        peer = Peer(await accept(stream, request, received[length:], close_timeout=1.0))
-        self.peers.append(peer)
-        await self._send.send(peer)
+    async def _on_connection(self, connection: trio.SocketStream) -> None:
+        """One connection, for as long as it lives (``serve_listeners`` closes its socket)."""
+        stream = HeldStream(connection)
+        ws: Socket | None = None
+        async with trio.open_nursery() as reader:  # trio-websocket's reader task
+            with trio.move_on_after(WAIT):
+                request = await wrap_server_stream(reader, stream)
+                self.paths.append(request.path)
+                try:
+                    if self.refusing:
+                        await request.reject(503, body=b"not now")
+                    else:
+                        ws = Socket(await request.accept(), stream)
+                except ConnectionClosed:
+                    pass  # voicecalld left during the upgrade
+            if ws is not None:
+                peer = Peer(ws)
+                self.peers.append(peer)
+                await self._send.send(peer)
+                await ws.run()
+            reader.cancel_scope.cancel()
 
     async def next(self, within: float = WAIT) -> Peer:
         """The next connection voicecalld opens to the app."""
@@ -171,6 +349,8 @@ class Rig:
     app: BridgeApp
     port: int
     logged: _Records
+    nursery: trio.Nursery
+    """Where the carriers' websockets live (closed when the rig ends)."""
     carriers: list[Peer] = attrs.Factory(list)
     raw: list[trio.SocketStream] = attrs.Factory(list)
 
@@ -318,29 +498,61 @@ class Rig:
     # -- streams -------------------------------------------------------------------------------
 
     async def carrier(self, provider: str, headers: tuple[tuple[str, str], ...] = ()) -> Peer:
-        """A carrier's websocket to ``/media/{provider}`` (closed when the rig ends)."""
-        ws = await connect(
-            f"ws://127.0.0.1:{self.port}/media/{provider}", headers=headers, close_timeout=1.0
-        )
+        """A carrier's websocket to ``/media/{provider}`` (closed when the rig ends). A refused
+        upgrade raises :class:`~voicecalld.media.handshake.HandshakeError` with its status."""
+        ws: Socket = await self.nursery.start(self._carrier, f"/media/{provider}", headers)
         peer = Peer(ws)
         self.carriers.append(peer)
         return peer
+
+    async def _carrier(
+        self,
+        path: str,
+        headers: tuple[tuple[str, str], ...],
+        *,
+        task_status: trio.TaskStatus[Socket] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """One carrier websocket, for as long as it lives (its socket closed at the end)."""
+        stream = HeldStream(await trio.open_tcp_stream("127.0.0.1", self.port))
+        extra = [(name.encode(), value.encode()) for name, value in headers]
+        try:
+            async with trio.open_nursery() as reader:  # trio-websocket's reader task
+                with trio.fail_after(WAIT):
+                    connection = await wrap_client_stream(
+                        reader,
+                        cast(trio.SocketStream, stream),  # any trio stream will do
+                        f"127.0.0.1:{self.port}",
+                        path,
+                        extra_headers=extra,
+                    )
+                ws = Socket(connection, stream)
+                task_status.started(ws)
+                await ws.run()
+                reader.cancel_scope.cancel()
+        except* ConnectionRejected as refusals:  # raised by the reader task, hence the group
+            refusal = refusals.exceptions[0]
+            status = refusal.status_code if isinstance(refusal, ConnectionRejected) else 0
+            raise HandshakeError(status, "upgrade refused") from None
+        finally:
+            await stream.aclose()
 
     async def carrier_in_one_write(
         self, provider: str, messages: list[bytes], *, receive_buffer: int = 0
     ) -> trio.SocketStream:
         """A carrier that sends its upgrade request and ``messages`` in one write, so that the
         daemon reads them together (the rig closes the connection). With ``receive_buffer``,
-        its socket's receive buffer is that small from the start."""
+        its socket's receive buffer is that small from the start. The bytes are wsproto's."""
         sock = trio.socket.socket()
         if receive_buffer:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
         await sock.connect(("127.0.0.1", self.port))
         stream = trio.SocketStream(sock)
         self.raw.append(stream)
-        codec = Codec(Role.CLIENT)
-        request = client_request(f"127.0.0.1:{self.port}", f"/media/{provider}", new_key())
-        await stream.send_all(request + b"".join(codec.text(m) for m in messages))
+        upgrade = H11Handshake(ConnectionType.CLIENT).send(
+            Request(host=f"127.0.0.1:{self.port}", target=f"/media/{provider}")
+        )
+        frames = FrameProtocol(client=True, extensions=[])
+        await stream.send_all(upgrade + b"".join(frames.send_data(m.decode()) for m in messages))
         return stream
 
     async def events(self, call_id: str, *, within: float = WAIT) -> list[dict[str, Any]]:
@@ -428,7 +640,7 @@ async def _media_rig(
         for name, table in sections.items():
             document[name] = {**document.get(name, {}), **table}
         async with running(make_config(tmp_path, document)) as daemon:
-            rig = Rig(daemon, sim, app, port, logged)
+            rig = Rig(daemon, sim, app, port, logged, nursery)
             try:
                 yield rig
             finally:
