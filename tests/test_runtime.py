@@ -6,6 +6,7 @@ Backoff sleeps run on a mock clock that jumps ahead once every task has been idl
 
 from __future__ import annotations
 
+import fcntl
 import os
 import socket
 import threading
@@ -30,6 +31,18 @@ def clock() -> trio.testing.MockClock:
     return trio.testing.MockClock(autojump_threshold=0.05)
 
 
+def lockable(state_dir: Path) -> bool:
+    """Whether another daemon could take the state dir's lock now (no attempt holds it)."""
+    fd = os.open(state_dir / statedir.LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)  # drops our lock too
+    return True
+
+
 @pytest.mark.parametrize("step", STEPS)
 async def test_a_failed_step_releases_the_port_before_the_retry(
     tmp_path: Path, clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture, step: str
@@ -43,6 +56,7 @@ async def test_a_failed_step_releases_the_port_before_the_retry(
     ) as daemon:
         await wait_until(lambda: daemon.supervisor.failures >= 1)
         assert refused(port), "the port must be closed while backing off"
+        assert lockable(tmp_path), "the state dir's lock must be released while backing off"
         metrics = daemon.supervisor.metrics
         assert metrics.startup_failures.get(step=step) == 1
         assert metrics.restarts.get() == 1
