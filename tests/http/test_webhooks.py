@@ -193,6 +193,9 @@ async def test_routing_errors(rig: Rig) -> None:
         ("telnyx", "GET", "POST"),
         ("twilio", "HEAD", "POST"),
         ("plivo", "PUT", "GET, POST"),
+        ("twilio", "PUT", "POST"),
+        ("telnyx", "DELETE", "POST"),
+        ("twilio", "BREW", "POST"),
     ]:
         response = await rig.daemon.api.request(method, f"{rig.base}/webhooks/{provider}")
         assert (response.status_code, response.headers.get("allow")) == (405, allowed), provider

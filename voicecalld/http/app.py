@@ -40,6 +40,8 @@ class Route:
     pattern: str
     """A path with ``{name}`` segments, e.g. ``/v1/calls/{id}/hangup``."""
     methods: frozenset[str]
+    """The methods the route takes; empty: every method reaches the handler, which answers a
+    405 itself (the webhook route: which methods are right depends on the carrier)."""
     handler: Handler
     regex: re.Pattern[str] = attrs.field(init=False)
 
@@ -116,8 +118,10 @@ class App:
             found = route.regex.match(request.path)
             if found is None:
                 continue
-            if request.method in route.methods or (
-                request.method == "HEAD" and "GET" in route.methods
+            if (
+                not route.methods
+                or request.method in route.methods
+                or (request.method == "HEAD" and "GET" in route.methods)
             ):
                 return route.pattern, route.handler(request, found.groupdict())
             allowed |= route.methods
