@@ -147,3 +147,21 @@ def test_xml_reply_is_always_well_formed(text: str) -> None:
     kept = "".join(c for c in kept if c not in "\ufffe\uffff")
     # XML parsers turn line ends into "\n": harmless for words to speak.
     assert (parsed[0].text or "") == kept.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def test_xml_reply_strips_exactly_what_xml_1_0_cannot_carry() -> None:
+    # XML 1.0 §2.2: Char ::= #x9 | #xA | #xD | [#x20-#xD7FF] | [#xE000-#xFFFD] | [#x10000-#x10FFFF]
+    def is_char(c: str) -> bool:
+        code = ord(c)
+        return (
+            c in "\t\n\r"
+            or 0x20 <= code <= 0xD7FF
+            or 0xE000 <= code <= 0xFFFD
+            or 0x10000 <= code <= 0x10FFFF
+        )
+
+    every = "".join(map(chr, range(0x110000)))
+    root = ET.Element("Say")
+    root.text = every
+    answer = forms.xml_reply(root)
+    assert ET.fromstring(answer.body).text == "".join(filter(is_char, every)).replace("\r", "\n")
