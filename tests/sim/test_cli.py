@@ -117,6 +117,8 @@ async def test_a_load_run_against_a_running_daemon(
     out, err = capsys.readouterr()
     assert code == 0, out + err
     assert "simulating twilio, plivo, telnyx" in err
+    progress = r"calls \d/9 started, \d live, \d ended  \|  webhooks \d+ \(0 not 2xx\)  \|  frames"
+    assert re.search(progress, err), "the live progress line"
     assert "calls (carrier side)" in out
     assert re.search(r"calls \(carrier side\)\n.*\n.*\n  completed +9\n", out)
     assert re.search(r"calls \(voicecalld's record\)\n.*\n.*\n  completed +9\n", out)
