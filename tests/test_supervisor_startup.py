@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import trio
 
 from tests.support import NotifySocket, refused, wait_until
 from voicecalld.runtime import STEPS, Faults
@@ -165,4 +166,30 @@ async def test_a_stop_during_start_up_exits_0_counting_no_failure(
     metrics = daemon.supervisor.metrics
     assert not any(metrics.startup_failures.values.values())
     assert metrics.restarts.get() == 0
+    assert refused(port)
+
+
+async def test_a_stop_while_a_started_runtime_is_published_drains_and_exits_0(
+    tmp_path: Path,
+) -> None:
+    """Between "started" and "ready" (the publish, which can wait for a reload in flight) a
+    SIGTERM must still stop the runtime: it had started, so cancelling the start-up alone left
+    it serving, and the daemon never exited."""
+    port = free_port()
+    faults = Faults()
+    hold = faults.hold("reaper")  # the last step: released, the runtime has started
+    config = make_config(tmp_path, server={"port": port})
+    async with running(config, faults=faults, wait_ready=False) as daemon:
+        await hold.reached.wait()
+        # a reload in flight holds the lock the publish takes (white-box: no reload is slow
+        # enough to be caught at this point otherwise)
+        async with daemon.supervisor._reload_lock:
+            hold.release()
+            await wait_until(lambda: daemon.supervisor._attempt_scope is not None)
+            await trio.sleep(0.1)  # the runtime has started; its publish waits for the lock
+            assert not daemon.supervisor.ready.is_set()
+            daemon.stop()
+        with trio.fail_after(10):
+            await daemon.finished.wait()
+    assert daemon.exit_code == 0
     assert refused(port)

@@ -154,9 +154,13 @@ class Supervisor:
                     if self._stopping.is_set():
                         return None
                     await nursery.start(runtime.run)
-                    await self._publish(runtime, reloads)
-                    if self._stopping.is_set():
-                        runtime.stop()
+                    try:
+                        await self._publish(runtime, reloads)
+                    finally:
+                        # a stop while publishing (it may wait for a reload) cancels this
+                        # scope, not the started runtime, which the nursery would wait for
+                        if self._stopping.is_set():
+                            runtime.stop()
         except* StartupError as group:
             errors = [e for e in _leaves(group) if isinstance(e, StartupError)]
             for error in errors:
@@ -252,6 +256,9 @@ class Supervisor:
             log.error(
                 "reload rejected, keeping the running config", extra={"error": _describe(error)}
             )
+            return False
+        except Exception:  # a bug: a reload must never take the daemon and its calls down
+            log.exception("reload failed, keeping the running config")
             return False
         self._configure(fresh)
         self._reloads += 1
