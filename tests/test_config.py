@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -168,6 +169,11 @@ def tls_files(tmp_path: Path, case: str) -> tuple[Path, Path]:
         return cert, tmp_path / "gone-key.pem"
     if case == "a directory":
         return tmp_path, key
+    if case == "a fifo":  # opening it would block the event loop until a writer came
+        os.mkfifo(tmp_path / "fifo.pem")
+        return tmp_path / "fifo.pem", key
+    if case == "a NUL in the path":  # open() raises ValueError, not OSError
+        return Path(f"{cert}\x00"), key
     if case == "another's key":
         authority.issue_cert("127.0.0.1").private_key_pem.write_to_path(str(key))
     elif case == "swapped":
@@ -187,7 +193,9 @@ def tls_files(tmp_path: Path, case: str) -> tuple[Path, Path]:
 TLS_BAD = [
     ("missing", "server.tls_cert: cannot read"),
     ("missing key", "server.tls_key: cannot read"),
-    ("a directory", "server.tls_cert: cannot read"),
+    ("a directory", "server.tls_cert: " + "{tmp}" + " is not a regular file"),
+    ("a fifo", "server.tls_cert: " + "{tmp}/fifo.pem is not a regular file"),
+    ("a NUL in the path", "server.tls_cert: not a usable path"),
     ("another's key", "server.tls_key:"),
     ("swapped", "server.tls_cert: no PEM certificate in"),
     ("encrypted key", "server.tls_key: no usable PEM private key"),
@@ -200,9 +208,10 @@ def test_unusable_tls_files_exit_78_naming_the_key(
 ) -> None:
     cert, key = tls_files(tmp_path, case)
     path = tmp_path / "voicecalld.toml"
-    path.write_text(f'[server]\ntls_cert = "{cert}"\ntls_key = "{key}"\n')
+    cert_text = str(cert).replace("\x00", "\\u0000")  # TOML spells a NUL as an escape
+    path.write_text(f'[server]\ntls_cert = "{cert_text}"\ntls_key = "{key}"\n')
     assert cli.main(["check-config", "-c", str(path)]) == 78
-    assert expected in capsys.readouterr().err
+    assert expected.format(tmp=tmp_path) in capsys.readouterr().err
 
 
 def test_usable_tls_files_pass_the_check(tmp_path: Path) -> None:

@@ -154,6 +154,32 @@ async def test_reload_applies_a_new_token(tmp_path: Path) -> None:
         assert (await daemon.api.get("/v1/calls")).status_code == 200
 
 
+async def test_a_reload_that_fails_part_way_changes_nothing(tmp_path: Path) -> None:
+    """The token file cannot be written: the reload is refused before anything is applied,
+    so what the supervisor reports (rejected, old config) is what runs."""
+    async with running(make_config(tmp_path)) as daemon:
+        (tmp_path / statedir.TOKEN_NAME).mkdir()  # a file token cannot be made there
+        fresh = make_config(tmp_path, api={"token": ""}, calls={"max_concurrent": 3})
+        assert not await daemon.reload(fresh)
+        assert daemon.runtime.config.calls.max_concurrent == 10
+        assert daemon.runtime.config == daemon.supervisor.config
+        assert (await daemon.api.get("/v1/calls")).status_code == 200, "the old token works"
+
+
+async def test_a_reload_applies_even_if_the_api_address_cannot_be_recorded(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The address file only helps clients find the daemon: failing to rewrite it is logged,
+    and the reload, already applied, is reported as applied."""
+    async with running(make_config(tmp_path)) as daemon:
+        (tmp_path / (statedir.ADDRESS_NAME + ".tmp")).mkdir()  # its atomic write fails
+        fresh = make_config(tmp_path, api={"token": "rotated"}, calls={"max_concurrent": 3})
+        assert await daemon.reload(fresh)
+        assert daemon.runtime.config.calls.max_concurrent == 3
+        assert daemon.runtime.config == daemon.supervisor.config
+        assert "cannot record the API address" in caplog.text
+
+
 async def test_draining_refuses_new_calls_and_readiness(tmp_path: Path) -> None:
     config = make_config(tmp_path, runtime={"drain_timeout": 5.0})
     async with running(config) as daemon:

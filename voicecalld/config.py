@@ -16,6 +16,7 @@ import ipaddress
 import os
 import re
 import ssl
+import stat
 import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -619,10 +620,16 @@ def tls_context(server: ServerConfig) -> ssl.SSLContext | None:
     for key in ("tls_cert", "tls_key"):
         path = getattr(server, key)
         try:
-            with open(path, "rb"):
-                pass
+            regular = stat.S_ISREG(os.stat(path).st_mode)
+            if regular:
+                with open(path, "rb"):
+                    pass
         except OSError as error:
             raise ConfigError([f"server.{key}: cannot read {path}: {error.strerror}"]) from None
+        except ValueError as error:  # a NUL in the path
+            raise ConfigError([f"server.{key}: not a usable path: {error}"]) from None
+        if not regular:  # a directory, or a FIFO that would block the event loop on open
+            raise ConfigError([f"server.{key}: {path} is not a regular file"])
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
         context.load_cert_chain(server.tls_cert, server.tls_key, password=_no_passphrase)

@@ -276,14 +276,18 @@ class Runtime:
                 extra={"old": old.store.state_dir, "new": config.store.state_dir},
             )
             config = _with_state_dir(config, old.store.state_dir)
+        # everything that can fail comes first (TLS files, the token file, the new port), so a
+        # refused reload has changed nothing; what follows cannot fail
         tls = tls_context(config.server)
+        token = self.token
+        if config.api.token != old.api.token:
+            token = statedir.api_token(config.state_dir, config.api.token)
         rebind = (config.server.bind, config.server.port) != (old.server.bind, old.server.port)
         if rebind and not any(listener.activated for listener in self.listeners):
             await self._rebind(config)
         self.config = config
+        self.token = token
         assert self.manager is not None and self.carriers is not None and self._app is not None
-        if config.api.token != old.api.token:
-            self.token = statedir.api_token(config.state_dir, config.api.token)
         self.carriers.reconfigure(config, self.token)
         self.manager.reconfigure(config)
         if self.streams is not None:
@@ -292,7 +296,10 @@ class Runtime:
         if self._frontdoor is not None:
             self._frontdoor.reconfigure(config.server.body_timeout)
             self._frontdoor.use_tls(tls)
-        self._record_address()  # its scheme follows TLS being turned on or off
+        try:
+            self._record_address()  # its scheme follows TLS being turned on or off
+        except OSError as error:  # the reload is applied: only clients' discovery is stale
+            log.warning("cannot record the API address", extra={"error": str(error)})
 
     async def _rebind(self, config: Config) -> None:
         assert self._frontdoor is not None
@@ -300,8 +307,12 @@ class Runtime:
             listening.bind_tcp(config.server.bind, config.server.port), False
         )
         old = list(self.listeners)
+        try:
+            await self._frontdoor.listen(fresh)
+        except BaseException:
+            fresh.sock.close()
+            raise
         self.listeners.append(fresh)
-        await self._frontdoor.listen(fresh)
         for listener in old:
             self._frontdoor.stop_listening(listener)
             listener.sock.close()
