@@ -297,6 +297,7 @@ async def at_carrier(
     state: State | None = None,
     mode: Mode = Mode.CONVERSATION,
     heard_from: bool = True,
+    metadata: Mapping[str, Any] | None = None,
 ) -> Call:
     """A record whose call exists at the carrier with ``status``.
 
@@ -305,7 +306,9 @@ async def at_carrier(
     returned (Plivo: the request UUID).
     """
     if provider == "mock":
-        placeholder = record("mock", None, age=age, answered_age=answered_age, state=state)
+        placeholder = record(
+            "mock", None, age=age, answered_age=answered_age, state=state, metadata=metadata
+        )
         if status.live:
             sid = await made.carriers["mock"].place(placeholder)
             made.mock_placed.add(sid)
@@ -315,7 +318,7 @@ async def at_carrier(
     sim_call = made.sim.add_call(provider, from_number=FROM, to=TO, direction="outbound")
     sim_call.set_status(status)
     carrier_id: str = sim_call.carrier_id
-    metadata: dict[str, Any] = {}
+    metadata = dict(metadata or {})
     if provider == "plivo":
         assert sim_call.request_id is not None
         if heard_from:

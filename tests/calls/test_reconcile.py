@@ -147,6 +147,21 @@ def answered_while_down_notify(provider: str) -> tuple[float, str]:
     return (275.0, "timeout") if provider in ("twilio", "plivo") else (5.0, "timeout")
 
 
+async def _answered_unseen_restored_before(made: Rig, provider: str) -> Call:
+    # restored once already (10 s ago) with an answer voicecalld never saw, 280 s after it was
+    # placed: the max duration still counts from its creation, not from that restore
+    return await at_carrier(
+        made,
+        provider,
+        SimStatus.IN_PROGRESS,
+        age=280.0,
+        answered_age=10.0,
+        state=State.ANSWERED,
+        mode=Mode.NOTIFY,
+        metadata={"answered_unseen": True},
+    )
+
+
 async def _unknown(made: Rig, provider: str) -> Call:
     return unknown_at_carrier(provider)
 
@@ -206,6 +221,14 @@ ANSWERING = [
         same(Outcome.RESTORED),
         same(OPEN),
         answered_while_down_notify,
+        hung_up=True,
+    ),
+    Row(
+        "answered unseen, restored before",
+        _answered_unseen_restored_before,
+        same(Outcome.RESTORED),
+        same(OPEN),
+        same((20.0, "timeout")),
         hung_up=True,
     ),
     *(
@@ -296,6 +319,20 @@ async def test_every_outcome_when_the_carrier_answers(
         expected_hangups = {row.name: row.hung_up for row in ANSWERING}
         expected_hangups["never reached the carrier"] = False
         assert hung_up == expected_hangups
+
+
+async def test_an_answer_unseen_is_marked_so_the_next_restart_counts_from_the_creation(
+    tmp_path: Path, clock: trio.testing.MockClock
+) -> None:
+    async with rig(tmp_path, **SETTINGS) as made:
+        call = await _answered_while_down_notify(made, "twilio")
+        await made.save(call)
+        await made.start()
+        await made.reconcile()
+        stored = await made.stored(call.id)
+        assert stored.answered_at is not None, "answered: the carrier says so"
+        assert stored.metadata["answered_unseen"] is True
+        assert stored.max_duration_from == call.created_at
 
 
 FAILURES: dict[str, Fault | None] = {

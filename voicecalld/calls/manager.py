@@ -229,15 +229,14 @@ class CallManager:
         if call is None:
             return
         if answered is True and call.answered_at is None:
-            # answered while voicecalld was down, at a moment no carrier says: the max duration
-            # counts from the call's creation, the earliest the answer can have come, so the
-            # call cannot outlive calls.max_duration (its record's answered_at is now)
+            # answered while voicecalld was down, at a moment no carrier says: marked, so that
+            # its max duration counts from its creation, now and after any later restart
+            # (Call.max_duration_from); its answered_at is when voicecalld learned of it
+            self._remember(attrs.evolve(call, metadata={**call.metadata, "answered_unseen": True}))
             await self.set_state(call_id, State.ANSWERED)
-            if call_id in self.calls:
-                max_duration = self.config.calls.max_duration
-                self._arm_left(call_id, TimerKind.MAX_DURATION, max_duration, call.created_at)
-        else:
-            self.arm_lifetime(call)
+        current = self.calls.get(call_id)
+        if current is not None:
+            self.arm_lifetime(current)
 
     # -- placing and ending --------------------------------------------------------------------
 
@@ -676,14 +675,11 @@ class CallManager:
         """Arm the ring or max-duration timer for the time left (restored calls included)."""
         calls = self.config.calls
         if call.answered_at is not None:
-            self._arm_left(call.id, TimerKind.MAX_DURATION, calls.max_duration, call.answered_at)
+            kind, limit, since = TimerKind.MAX_DURATION, calls.max_duration, call.max_duration_from
         else:
-            self._arm_left(call.id, TimerKind.RING, calls.ring_timeout, call.created_at)
-
-    def _arm_left(self, call_id: str, kind: TimerKind, limit: float, since: datetime) -> None:
-        """Arm ``kind`` for what is left of ``limit`` seconds counted from ``since``."""
+            kind, limit, since = TimerKind.RING, calls.ring_timeout, call.created_at
         left = limit - (self.now() - since).total_seconds()
-        self.timers.arm(call_id, kind, trio.current_time() + max(0.0, left))
+        self.timers.arm(call.id, kind, trio.current_time() + max(0.0, left))
 
     def _on_answered(self, before: Call, after: Call) -> None:
         if before.answered_at is None and after.answered_at is not None:

@@ -123,6 +123,15 @@ class Call:
     def ended(self) -> bool:
         return self.state is State.ENDED
 
+    @property
+    def max_duration_from(self) -> datetime:
+        """When ``calls.max_duration`` starts counting: the answer; the creation for a call not
+        answered, or answered while voicecalld was down (``metadata.answered_unseen``: the
+        moment is unknown, and the creation is the earliest it can have been)."""
+        if self.answered_at is None or self.metadata.get("answered_unseen"):
+            return self.created_at
+        return self.answered_at
+
     def to_json(self) -> dict[str, Any]:
         """The call as the API and events show it (SPEC §6)."""
 

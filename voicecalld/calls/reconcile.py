@@ -97,9 +97,8 @@ class Outcome(StrEnum):
 
 def seconds_left(call: Call, now: datetime, max_duration: float) -> float:
     """How long ``call`` may still last: max duration from its answer, or from its creation
-    when it was never answered (an upper bound: it cannot have been answered before that)."""
-    started = call.answered_at or call.created_at
-    return max_duration - (now - started).total_seconds()
+    when the answer is not known (an upper bound: it cannot have been answered before that)."""
+    return max_duration - (now - call.max_duration_from).total_seconds()
 
 
 def verdict(call: Call, now: datetime, max_duration: float) -> Outcome | None:
