@@ -129,6 +129,9 @@ class SimulatedCall:
         self.legs: list[MediaLeg] = []
         self.answers: list[WebhookAnswer] = []
         """voicecalld's answers to this call's webhooks, faults included, in order."""
+        self.told: list[str] = []
+        """The labels of this call's webhooks in the order the carrier made them (a late one
+        is answered after those that overtook it: :attr:`answers` has the other order)."""
         self.invalid_answers: list[str] = []
         self._send, self._inbox = trio.open_memory_channel[_Wake](math.inf)
         self._cursor = 0
@@ -280,6 +283,7 @@ class SimulatedCall:
         webhooks = self._webhooks(Happening.FETCH)
         if not webhooks:
             return ()
+        self.told.append(webhooks[0].label)
         answer = await self._deliver(webhooks[0])
         if not answer.ok:
             self.invalid_answers.append(f"HTTP {answer.text}")
@@ -480,6 +484,7 @@ class SimulatedCall:
         """Send what the carrier sends when ``happening`` happens (faults applied)."""
         late = self.scenario.faults.late
         for webhook in self._webhooks(happening, **context):
+            self.told.append(webhook.label)
             if late and not webhook.wants_answer and self._sequence % 2:
                 assert self._nursery is not None  # the first, third, ... status callback
                 self._nursery.start_soon(self._deliver_late, webhook, late)
