@@ -335,6 +335,23 @@ async def test_an_answer_unseen_is_marked_so_the_next_restart_counts_from_the_cr
         assert stored.max_duration_from == call.created_at
 
 
+@pytest.mark.parametrize(
+    ("provider", "state"),
+    [("twilio", "ringing"), ("plivo", "ringing"), ("telnyx", "initiated"), ("mock", "initiated")],
+)
+async def test_a_call_that_started_ringing_while_voicecalld_was_down_is_restored_ringing(
+    tmp_path: Path, clock: trio.testing.MockClock, provider: str, state: str
+) -> None:
+    # Telnyx's call resource and the mock say only whether the call is alive
+    async with rig(tmp_path, **SETTINGS) as made:
+        call = await at_carrier(made, provider, SimStatus.RINGING, state=State.INITIATED)
+        await made.save(call)
+        await made.start()
+        await made.reconcile()
+        assert (await made.stored(call.id)).state.value == state
+        assert made.running.calls[call.id].state.value == state
+
+
 FAILURES: dict[str, Fault | None] = {
     "500": Fault(status=500, times=None),
     "timeout": Fault(delay=3600.0, times=None),

@@ -273,7 +273,7 @@ ENDINGS = [
     ("status", "expected"),
     [
         (SimStatus.QUEUED, CarrierStatus(live=True, answered=False)),
-        (SimStatus.RINGING, CarrierStatus(live=True, answered=False)),
+        (SimStatus.RINGING, CarrierStatus(live=True, answered=False, ringing=True)),
         (SimStatus.IN_PROGRESS, CarrierStatus(live=True, answered=True)),
         *((status, CarrierStatus(live=False, end_reason=reason)) for status, reason in ENDINGS),
     ],

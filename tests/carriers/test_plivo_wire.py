@@ -500,7 +500,7 @@ def test_call_ids() -> None:
     ("record", "expected"),
     [
         ({"call_status": "in-progress"}, CarrierStatus(live=True, answered=True)),
-        ({"call_status": "ringing"}, CarrierStatus(live=True, answered=False)),
+        ({"call_status": "ringing"}, CarrierStatus(live=True, answered=False, ringing=True)),
         ({"call_status": "queued"}, CarrierStatus(live=True, answered=False)),
         ({"call_status": "busy"}, CarrierStatus(live=False, end_reason=EndReason.BUSY)),
     ],

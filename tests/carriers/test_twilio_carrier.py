@@ -206,7 +206,7 @@ async def test_hangup_sends_what_the_sdk_sends(autojump_clock: MockClock) -> Non
     ("status", "expected"),
     [
         (SimStatus.QUEUED, CarrierStatus(live=True, answered=False)),
-        (SimStatus.RINGING, CarrierStatus(live=True, answered=False)),
+        (SimStatus.RINGING, CarrierStatus(live=True, answered=False, ringing=True)),
         (SimStatus.IN_PROGRESS, CarrierStatus(live=True, answered=True)),
         (SimStatus.COMPLETED, CarrierStatus(live=False, end_reason=EndReason.COMPLETED)),
         (SimStatus.BUSY, CarrierStatus(live=False, end_reason=EndReason.BUSY)),

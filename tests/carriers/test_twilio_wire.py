@@ -623,7 +623,7 @@ def test_call_ids() -> None:
     [
         ("queued", CarrierStatus(live=True, answered=False)),
         ("initiated", CarrierStatus(live=True, answered=False)),
-        ("ringing", CarrierStatus(live=True, answered=False)),
+        ("ringing", CarrierStatus(live=True, answered=False, ringing=True)),
         ("in-progress", CarrierStatus(live=True, answered=True)),
         ("completed", CarrierStatus(live=False, end_reason=EndReason.COMPLETED)),
         ("busy", CarrierStatus(live=False, end_reason=EndReason.BUSY)),

@@ -130,7 +130,7 @@ async def test_kill_9_then_restart_settles_every_call_and_frees_the_slots(tmp_pa
         )
         async with daemon(second, port) as process:
             expected = {
-                "ringing": ("initiated", None),
+                "ringing": ("ringing", None),  # the carrier says so: restored ringing
                 "notify": ("answered", None),
                 "plivo 500": ("initiated", None),
                 "telnyx refused": ("initiated", None),

@@ -223,12 +223,17 @@ class CallManager:
         if arm:
             self.arm_lifetime(call)
 
-    async def confirm_live(self, call_id: str, *, answered: bool | None) -> None:
-        """The carrier says the call is live (reconciliation): restore it with its timers."""
+    async def confirm_live(
+        self, call_id: str, *, answered: bool | None, ringing: bool
+    ) -> None:
+        """The carrier says the call is live (reconciliation): restore it with its timers, in
+        the state the carrier says it reached while voicecalld was down (ringing, answered)."""
         call = self.calls.get(call_id)
         if call is None:
             return
-        if answered is True and call.answered_at is None:
+        if ringing and call.state is State.INITIATED:
+            await self.set_state(call_id, State.RINGING)
+        elif answered is True and call.answered_at is None:
             # answered while voicecalld was down, at a moment no carrier says: marked, so that
             # its max duration counts from its creation, now and after any later restart
             # (Call.max_duration_from); its answered_at is when voicecalld learned of it

@@ -218,7 +218,7 @@ class Reconciler:
             ended = await manager.end_call(call_id, reason, hangup=False)
             outcome = Outcome.ENDED if ended is not None else Outcome.GONE
             return self._count(call_id, outcome, reason=reason.value)
-        await manager.confirm_live(call_id, answered=status.answered)
+        await manager.confirm_live(call_id, answered=status.answered, ringing=status.ringing)
         restored = manager.calls.get(call_id)
         if restored is None:
             return self._count(call_id, Outcome.GONE)

@@ -163,6 +163,8 @@ class CarrierStatus:
     live: bool
     answered: bool | None = None
     """Whether the carrier says the call was answered; ``None`` when it does not say (Telnyx)."""
+    ringing: bool = False
+    """Whether the carrier says the callee's phone is ringing (live, not answered yet)."""
     end_reason: EndReason | None = None
     """Set when not live: the carrier's real reason (busy stays busy; 404 → completed)."""
 

@@ -360,7 +360,9 @@ def live_status(record: Mapping[str, object]) -> CarrierStatus:
     """
     status = record.get("call_status")
     if isinstance(status, str) and status in _LIVE_ANSWERED:
-        return CarrierStatus(live=True, answered=_LIVE_ANSWERED[status])
+        return CarrierStatus(
+            live=True, answered=_LIVE_ANSWERED[status], ringing=status == "ringing"
+        )
     if isinstance(status, str) and status in _ENDED:
         return CarrierStatus(live=False, end_reason=_ENDED[status])
     raise ValueError(f"unknown Plivo live call_status {status!r:.40}")

@@ -356,5 +356,7 @@ def rest_status(status: str) -> CarrierStatus:
     if status in _ENDED:
         return CarrierStatus(live=False, end_reason=_ENDED[status])
     if status in _PROGRESS:
-        return CarrierStatus(live=True, answered=status == "in-progress")
+        return CarrierStatus(
+            live=True, answered=status == "in-progress", ringing=status == "ringing"
+        )
     raise ValueError(f"unknown Twilio call status {status!r:.40}")
