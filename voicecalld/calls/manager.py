@@ -223,9 +223,7 @@ class CallManager:
         if arm:
             self.arm_lifetime(call)
 
-    async def confirm_live(
-        self, call_id: str, *, answered: bool | None, ringing: bool
-    ) -> None:
+    async def confirm_live(self, call_id: str, *, answered: bool | None, ringing: bool) -> None:
         """The carrier says the call is live (reconciliation): restore it with its timers, in
         the state the carrier says it reached while voicecalld was down (ringing, answered)."""
         call = self.calls.get(call_id)
