@@ -7,6 +7,7 @@ Backoff sleeps run on a mock clock that jumps ahead once every task has been idl
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import socket
 import threading
@@ -178,6 +179,21 @@ async def test_a_reload_applies_even_if_the_api_address_cannot_be_recorded(
         assert daemon.runtime.config.calls.max_concurrent == 3
         assert daemon.runtime.config == daemon.supervisor.config
         assert "cannot record the API address" in caplog.text
+
+
+async def test_the_harness_leaves_the_host_processs_logging_alone_on_reload(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``voicecalld run`` reconfigures its logging on SIGHUP; the harness runs inside someone
+    else's test process, whose handlers (pytest's capture) must keep working."""
+    logger = logging.getLogger("voicecalld")
+    before = (list(logger.handlers), logger.propagate, logger.level)
+    async with running(make_config(tmp_path)) as daemon:
+        assert await daemon.reload(make_config(tmp_path, log={"level": "debug", "format": "json"}))
+        assert (list(logger.handlers), logger.propagate, logger.level) == before
+        caplog.set_level("INFO", logger="voicecalld")
+        assert await daemon.reload(make_config(tmp_path))
+    assert "reloaded" in caplog.text, "still seen by the host's capture"
 
 
 async def test_draining_refuses_new_calls_and_readiness(tmp_path: Path) -> None:

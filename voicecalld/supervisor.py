@@ -73,8 +73,12 @@ class Supervisor:
         notifier: systemd.Notifier | None = None,
         faults: Faults | None = None,
         backoff: Backoff = Backoff(),
+        owns_logging: bool = False,
     ) -> None:
         self.config = config
+        self.owns_logging = owns_logging
+        """Whether reloads reconfigure the ``voicecalld`` logger: ``voicecalld run``'s, not the
+        test harness's, which must leave its host process's logging as it found it."""
         self.config_path = config_path
         self.environ = os.environ if environ is None else environ
         self.metrics = metrics or Metrics()
@@ -267,7 +271,8 @@ class Supervisor:
 
     def _configure(self, config: Config) -> None:
         self.config = config
-        logs.configure(config.log.format, config.log.level, configuration.secrets(config))
+        if self.owns_logging:
+            logs.configure(config.log.format, config.log.level, configuration.secrets(config))
 
 
 def _describe(error: ConfigError | OSError) -> str:
@@ -290,7 +295,9 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
 async def serve_process(config: Config, config_path: str | None, environ: Mapping[str, str]) -> int:
     """``voicecalld run``: the supervisor, the signals and the watchdog, for the process's life."""
     notifier = systemd.Notifier.from_environ(environ)
-    supervisor = Supervisor(config, config_path=config_path, environ=environ, notifier=notifier)
+    supervisor = Supervisor(
+        config, config_path=config_path, environ=environ, notifier=notifier, owns_logging=True
+    )
     with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
             interval = systemd.watchdog_interval(environ)
