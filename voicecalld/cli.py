@@ -227,7 +227,7 @@ def _print_calls(calls: list[dict[str, Any]]) -> None:
 
 
 def _status(config: Config, args: argparse.Namespace) -> int:
-    from voicecalld.store.sqlite import open_readonly
+    from voicecalld.store.readonly import open_readonly
 
     try:
         store = open_readonly(config.state_dir)

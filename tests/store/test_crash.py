@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 
 import voicecalld
-from voicecalld.store.sqlite import DB_NAME, open_readonly
+from voicecalld.store.database import DB_NAME
+from voicecalld.store.readonly import open_readonly
 
 KILLS = 30
 HELPER = Path(__file__).with_name("crash_writer.py")

@@ -12,7 +12,8 @@ import pytest
 import trio
 
 from voicecalld.store.base import StoreError
-from voicecalld.store.sqlite import DB_NAME, SqliteStore
+from voicecalld.store.database import DB_NAME
+from voicecalld.store.sqlite import SqliteStore
 
 from .factories import T0, created, ended, make_call
 

@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 
 from voicecalld.store.base import StoreError
+from voicecalld.store.database import DB_NAME
+from voicecalld.store.readonly import StoreMissing, open_readonly
 from voicecalld.store.schema import SCHEMA_VERSION
-from voicecalld.store.sqlite import DB_NAME, SqliteStore, StoreMissing, open_readonly
+from voicecalld.store.sqlite import SqliteStore
 
 from .factories import T0, created, ended, make_call
 

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from voicecalld.store.base import StoreError
+from voicecalld.store.database import DB_NAME
 from voicecalld.store.schema import MIGRATIONS, SCHEMA_VERSION, migrate, schema_version
-from voicecalld.store.sqlite import DB_NAME, SqliteStore
+from voicecalld.store.sqlite import SqliteStore
 
 from .factories import created, make_call
 

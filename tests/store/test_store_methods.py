@@ -12,8 +12,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from voicecalld.calls.model import Call, EndReason, EventType, NewEvent, State
-from voicecalld.store.base import Store, StoreError
-from voicecalld.store.sqlite import DuplicateWebhookKey, RejectedWrite, SqliteStore
+from voicecalld.store.base import DuplicateWebhookKey, RejectedWrite, Store, StoreError
+from voicecalld.store.sqlite import SqliteStore
 
 from .factories import T0, FakeClock, created, ended, make_call
 

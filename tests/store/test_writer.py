@@ -12,8 +12,9 @@ import trio
 import trio.testing
 
 from voicecalld.calls.model import EventType, NewEvent, StoredEvent
-from voicecalld.store.base import StoreError
-from voicecalld.store.sqlite import DB_NAME, DuplicateWebhookKey, RejectedWrite, SqliteStore
+from voicecalld.store.base import DuplicateWebhookKey, RejectedWrite, StoreError
+from voicecalld.store.database import DB_NAME
+from voicecalld.store.sqlite import SqliteStore
 
 from .factories import created, make_call
 

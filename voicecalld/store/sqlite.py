@@ -28,259 +28,41 @@ Invariants, and why:
 One process per store is the runtime's rule, kept by the state directory's lock
 (:mod:`voicecalld.statedir`), taken before the store is opened.
 
-:func:`open_readonly` is the other door, for ``voicecalld status``: synchronous, never writing,
-never creating a file, whether a daemon runs or not.
+The SQL it runs is :mod:`voicecalld.store.queries`, shared with the read-only view for
+``voicecalld status`` (:mod:`voicecalld.store.readonly`); the file's name and connection
+settings are :mod:`voicecalld.store.database`.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Final, Generic, TypeVar, cast
+from typing import Any, Generic, TypeVar, cast
 
 import attrs
-import orjson
 import trio
 
-from voicecalld.calls.model import Call, EventType, NewEvent, StoredEvent, format_time, parse_time
-from voicecalld.store.base import CallPage, DuplicateWebhookKey, RejectedWrite, StoreError
-from voicecalld.store.schema import SCHEMA_VERSION, SQLITE_MIN, migrate, schema_version
+from voicecalld.calls.model import Call, NewEvent, StoredEvent, format_time, parse_time
+from voicecalld.store import queries
+from voicecalld.store.base import CallPage, RejectedWrite, StoreError
+from voicecalld.store.database import DB_NAME, connect
+from voicecalld.store.schema import SQLITE_MIN, migrate
 
-__all__ = [
-    "DB_NAME",
-    "DuplicateWebhookKey",
-    "ReadOnlyStore",
-    "RejectedWrite",
-    "SqliteStore",
-    "StoreMissing",
-    "StoreSummary",
-    "open_readonly",
-]
-
-DB_NAME: Final = "voicecalld.db"
-BUSY_TIMEOUT: Final = 5.0
-"""Seconds a connection waits for a lock held by another connection (a checkpoint, a reader)."""
+__all__ = ["SqliteStore"]
 
 T = TypeVar("T")
-
-
-class StoreMissing(StoreError, FileNotFoundError):
-    """There is no store to read: the daemon never ran with this state directory. Also a
-    ``FileNotFoundError``, so that ``status`` can treat it as the absence it is."""
 
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-# --- rows: calls and events to and from SQL ------------------------------------------------
-
-
-def _dumps(value: Any) -> str:
-    return orjson.dumps(value).decode()
-
-
-def _call_row(call: Call, record: dict[str, Any]) -> tuple[str | int | None, ...]:
-    ended_at = format_time(call.ended_at or call.updated_at) if call.ended else None
-    return (
-        call.id,
-        call.provider,
-        call.provider_call_id,
-        call.state.value,
-        record["created_at"],
-        record["updated_at"],
-        ended_at,
-        1 if call.metadata.get("hangup_owed") else 0,
-        _dumps(record),
-    )
-
-
-def _load_call(text: str) -> Call:
-    return Call.from_json(orjson.loads(text))
-
-
-def _load_event(row: tuple[int, str, str, str]) -> StoredEvent:
-    event_id, event_type, at, text = row
-    record = orjson.loads(text)
-    return StoredEvent(
-        id=event_id,
-        type=EventType(event_type),
-        call=Call.from_json(record["call"]),
-        at=parse_time(at),
-        data=record["data"],
-    )
-
-
-def _encode_cursor(created_at: str, call_id: str) -> str:
-    return base64.urlsafe_b64encode(orjson.dumps([created_at, call_id])).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> tuple[str, str]:
-    """The position a cursor names; ``ValueError`` for anything :func:`_encode_cursor` did not
-    make (the API answers it with 400, not with a store failure)."""
-    try:
-        position = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-    except (binascii.Error, orjson.JSONDecodeError, ValueError):
-        position = None
-    if (
-        not isinstance(position, list)
-        or len(position) != 2
-        or not all(isinstance(part, str) for part in position)
-    ):
-        raise ValueError(f"cursor: not a cursor of this store: {cursor!r}")
-    return position[0], position[1]
-
-
-# --- reads: synchronous, shared by the daemon's store and the read-only view ----------------
-
-
-def _get(conn: sqlite3.Connection, call_id: str) -> Call | None:
-    row = conn.execute("SELECT json FROM calls WHERE id = ?", (call_id,)).fetchone()
-    return None if row is None else _load_call(row[0])
-
-
-def _find(conn: sqlite3.Connection, provider: str, provider_call_id: str) -> Call | None:
-    row = conn.execute(
-        "SELECT json FROM calls WHERE provider = ? AND provider_call_id = ?",
-        (provider, provider_call_id),
-    ).fetchone()
-    return None if row is None else _load_call(row[0])
-
-
-def _open_calls(conn: sqlite3.Connection) -> list[Call]:
-    rows = conn.execute(
-        "SELECT json FROM calls WHERE ended_at IS NULL ORDER BY created_at, id"
-    ).fetchall()
-    return [_load_call(text) for (text,) in rows]
-
-
-def _calls_owing_hangup(conn: sqlite3.Connection) -> list[Call]:
-    rows = conn.execute(
-        "SELECT json FROM calls WHERE hangup_owed = 1 ORDER BY created_at, id"
-    ).fetchall()
-    return [_load_call(text) for (text,) in rows]
-
-
-def _list_calls(
-    conn: sqlite3.Connection, active: bool | None, limit: int, cursor: str | None
-) -> CallPage:
-    """Newest first by ``(created_at, id)``; a cursor is the position of a page's last call."""
-    if limit < 1:
-        raise ValueError(f"limit: expected a positive integer, got {limit}")
-    conditions = ["1"]
-    parameters: list[str | int] = []
-    if cursor is not None:
-        conditions.append("(created_at, id) < (?, ?)")
-        parameters.extend(_decode_cursor(cursor))
-    if active is not None:
-        conditions.append("ended_at IS NULL" if active else "ended_at IS NOT NULL")
-    rows = conn.execute(
-        # Only this function's constant conditions are joined in; values are parameters.
-        f"SELECT created_at, id, json FROM calls WHERE {' AND '.join(conditions)} "  # noqa: S608
-        "ORDER BY created_at DESC, id DESC LIMIT ?",
-        (*parameters, limit + 1),
-    ).fetchall()
-    page = rows[:limit]
-    next_cursor = _encode_cursor(page[-1][0], page[-1][1]) if len(rows) > limit else None
-    return [_load_call(text) for _, _, text in page], next_cursor
-
-
-def _events_after(conn: sqlite3.Connection, event_id: int, limit: int) -> list[StoredEvent]:
-    if limit < 1:
-        raise ValueError(f"limit: expected a positive integer, got {limit}")
-    rows = conn.execute(
-        "SELECT id, type, at, json FROM events WHERE id > ? ORDER BY id LIMIT ?",
-        (event_id, limit),
-    ).fetchall()
-    return [_load_event(row) for row in rows]
-
-
-def _last_event_id(conn: sqlite3.Connection) -> int:
-    """The highest id ever given, from AUTOINCREMENT's ledger: purge never lowers it."""
-    row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
-    return 0 if row is None else int(row[0])
-
-
-def _webhook_keys_since(conn: sqlite3.Connection, moment: datetime) -> list[str]:
-    rows = conn.execute(
-        "SELECT key FROM webhook_keys WHERE seen_at >= ? ORDER BY seen_at, rowid",
-        (format_time(moment),),
-    ).fetchall()
-    return [key for (key,) in rows]
-
-
-# --- writes: run by the writer thread inside the batch's transaction -----------------------
-
-_UPSERT_CALL: Final = """
-    INSERT INTO calls (
-        id, provider, provider_call_id, state, created_at, updated_at, ended_at, hangup_owed, json
-    )
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
-    ON CONFLICT (id) DO UPDATE SET
-        provider = excluded.provider, provider_call_id = excluded.provider_call_id,
-        state = excluded.state, created_at = excluded.created_at,
-        updated_at = excluded.updated_at, ended_at = excluded.ended_at,
-        hangup_owed = excluded.hangup_owed, json = excluded.json
-"""
-
-
-def _apply_write(
-    conn: sqlite3.Connection,
-    *,
-    call_rows: Sequence[tuple[str | int | None, ...]],
-    events: Sequence[NewEvent],
-    event_rows: Sequence[tuple[str, str, str, str]],
-    webhook_key: str | None,
-    now: datetime,
-) -> list[StoredEvent]:
-    at = format_time(now)
-    if webhook_key is not None:
-        try:
-            conn.execute("INSERT INTO webhook_keys (key, seen_at) VALUES (?, ?)", (webhook_key, at))
-        except sqlite3.IntegrityError:  # the primary key: a replay
-            raise DuplicateWebhookKey(f"webhook key already recorded: {webhook_key!r}") from None
-    conn.executemany(_UPSERT_CALL, call_rows)
-    stored = []
-    for event, row in zip(events, event_rows, strict=True):
-        cursor = conn.execute(
-            "INSERT INTO events (type, call_id, at, json) VALUES (?, ?, ?, ?)", row
-        )
-        assert cursor.lastrowid is not None  # an INSERT into a rowid table always sets it
-        stored.append(StoredEvent(cursor.lastrowid, event.type, event.call, now, dict(event.data)))
-    return stored
-
-
-def _apply_purge(conn: sqlite3.Connection, *, ended_before: str, keys_before: str) -> int:
-    """A call still owed a carrier hang-up is kept, however old: forgetting it would leave the
-    carrier's call up, and its record is what the manager retries from."""
-    conn.execute(
-        "DELETE FROM events WHERE call_id IN "
-        "(SELECT id FROM calls WHERE ended_at < ? AND hangup_owed = 0)",
-        (ended_before,),
-    )
-    deleted = conn.execute(
-        "DELETE FROM calls WHERE ended_at < ? AND hangup_owed = 0", (ended_before,)
-    ).rowcount
-    conn.execute("DELETE FROM webhook_keys WHERE seen_at < ?", (keys_before,))
-    return deleted
-
-
 # --- opening and closing -------------------------------------------------------------------
-
-
-def _connect(target: str, *, uri: bool = False) -> sqlite3.Connection:
-    # Autocommit: transactions are explicit. Not bound to one thread: worker threads take turns.
-    return sqlite3.connect(
-        target, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False, uri=uri
-    )
 
 
 @attrs.define
@@ -316,7 +98,7 @@ def _open(directory: Path) -> _Files:
             # Created 0600 before SQLite sees it: its -wal and -shm copy these permissions,
             # and the calls in it are personal data.
             os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
-            writer = _connect(str(path))
+            writer = connect(str(path))
             undo.callback(writer.close)
             (mode,) = writer.execute("PRAGMA journal_mode = WAL").fetchone()
             if mode != "wal":
@@ -324,7 +106,7 @@ def _open(directory: Path) -> _Files:
             writer.execute("PRAGMA synchronous = FULL")
             writer.execute("PRAGMA foreign_keys = ON")
             migrate(writer)
-            reader = _connect(str(path))
+            reader = connect(str(path))
             undo.callback(reader.close)
             reader.execute("PRAGMA query_only = ON")
         except (StoreError, OSError, sqlite3.Error) as exc:
@@ -487,18 +269,18 @@ class SqliteStore:
         at = format_time(now)
         # each call as JSON once, though it is usually both a row and its events' snapshot
         records = {id(call): call.to_json() for call in (*calls, *(e.call for e in events))}
-        call_rows = [_call_row(call, records[id(call)]) for call in calls]
+        call_rows = [queries.call_row(call, records[id(call)]) for call in calls]
         event_rows = [
             (
                 event.type.value,
                 event.call.id,
                 at,
-                _dumps({"call": records[id(event.call)], "data": event.data}),
+                queries.dumps({"call": records[id(event.call)], "data": event.data}),
             )
             for event in events
         ]
         apply = partial(
-            _apply_write,
+            queries.apply_write,
             call_rows=call_rows,
             events=events,
             event_rows=event_rows,
@@ -516,7 +298,7 @@ class SqliteStore:
         """
         return await self._submit(
             partial(
-                _apply_purge,
+                queries.apply_purge,
                 ended_before=format_time(ended_before),
                 keys_before=format_time(keys_before),
             )
@@ -642,150 +424,38 @@ class SqliteStore:
             raise StoreError(f"store {self._path}: read failed: {exc}") from exc
 
     async def get(self, call_id: str) -> Call | None:
-        return await self._read(partial(_get, call_id=call_id))
+        return await self._read(partial(queries.get, call_id=call_id))
 
     async def find(self, provider: str, provider_call_id: str) -> Call | None:
         """The call a carrier knows by ``provider_call_id`` (ended or not)."""
         return await self._read(
-            partial(_find, provider=provider, provider_call_id=provider_call_id)
+            partial(queries.find, provider=provider, provider_call_id=provider_call_id)
         )
 
     async def open_calls(self) -> list[Call]:
         """Every call not yet ended, oldest first: what reconciliation starts from."""
-        return await self._read(_open_calls)
+        return await self._read(queries.open_calls)
 
     async def calls_owing_hangup(self) -> list[Call]:
         """Calls whose carrier hang-up is still owed (``metadata.hangup_owed`` true; the manager
         marks ended calls only), oldest first."""
-        return await self._read(_calls_owing_hangup)
+        return await self._read(queries.calls_owing_hangup)
 
     async def list_calls(self, *, active: bool | None, limit: int, cursor: str | None) -> CallPage:
         """Calls newest first by ``(created_at, id)``; ``ValueError`` for a ``limit`` below 1 or
         a cursor this store did not make (a client error, not a store failure)."""
-        return await self._read(partial(_list_calls, active=active, limit=limit, cursor=cursor))
+        return await self._read(
+            partial(queries.list_calls, active=active, limit=limit, cursor=cursor)
+        )
 
     async def events_after(self, event_id: int, limit: int) -> list[StoredEvent]:
         """Events with ids greater than ``event_id``, oldest first (SSE resume)."""
-        return await self._read(partial(_events_after, event_id=event_id, limit=limit))
+        return await self._read(partial(queries.events_after, event_id=event_id, limit=limit))
 
     async def last_event_id(self) -> int:
         """The highest event id ever committed (0 if none), purges notwithstanding."""
-        return await self._read(_last_event_id)
+        return await self._read(queries.last_event_id)
 
     async def webhook_keys_since(self, moment: datetime) -> list[str]:
         """Replay keys recorded at or after ``moment``, oldest first, to warm the replay filter."""
-        return await self._read(partial(_webhook_keys_since, moment=moment))
-
-
-# --- the read-only view for `voicecalld status` ------------------------------------------------
-
-
-@attrs.frozen
-class StoreSummary:
-    """What ``voicecalld status`` shows of a store."""
-
-    path: Path
-    schema_version: int
-    by_state: Mapping[str, int]
-    events: int
-    last_event_id: int
-
-    @property
-    def calls(self) -> int:
-        return sum(self.by_state.values())
-
-    @property
-    def open_calls(self) -> int:
-        return self.calls - self.by_state.get("ended", 0)
-
-
-class ReadOnlyStore:
-    """A synchronous, read-only view of a store: made by :func:`open_readonly`."""
-
-    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
-        self._conn = conn
-        self._path = path
-
-    @property
-    def path(self) -> Path:
-        return self._path
-
-    def get(self, call_id: str) -> Call | None:
-        with self._errors():
-            return _get(self._conn, call_id)
-
-    def open_calls(self) -> list[Call]:
-        with self._errors():
-            return _open_calls(self._conn)
-
-    def list_calls(self, *, active: bool | None, limit: int, cursor: str | None) -> CallPage:
-        with self._errors():
-            return _list_calls(self._conn, active, limit, cursor)
-
-    def summary(self) -> StoreSummary:
-        with self._errors():
-            rows = self._conn.execute("SELECT state, count(*) FROM calls GROUP BY state").fetchall()
-            (events,) = self._conn.execute("SELECT count(*) FROM events").fetchone()
-            return StoreSummary(
-                path=self._path,
-                schema_version=schema_version(self._conn),
-                by_state=dict(rows),
-                events=events,
-                last_event_id=_last_event_id(self._conn),
-            )
-
-    def close(self) -> None:
-        self._conn.close()
-
-    def __enter__(self) -> ReadOnlyStore:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    @contextlib.contextmanager
-    def _errors(self) -> Iterator[None]:
-        try:
-            yield
-        except sqlite3.Error as exc:
-            raise StoreError(f"store {self._path}: read failed: {exc}") from exc
-
-
-def open_readonly(directory: Path | str) -> ReadOnlyStore:
-    """Open the store in ``directory`` for reading only, without the daemon and beside it.
-
-    Creates no file: with a WAL present (a daemon runs, or one was killed) it reads through
-    it; without one the database file is complete and is read as immutable, since a reader
-    would otherwise leave ``-wal`` and ``-shm`` files behind, owned by whoever ran ``status``.
-    Raises :class:`StoreMissing` if there is no store, :class:`StoreError` if it cannot be
-    read or has another schema version.
-    """
-    path = Path(directory).resolve() / DB_NAME
-    if not path.is_file():
-        raise StoreMissing(f"no store at {path}: voicecalld has not run with this state directory")
-    wal = path.with_name(DB_NAME + "-wal")
-    uri = path.as_uri() + ("?mode=ro" if wal.exists() else "?mode=ro&immutable=1")
-    try:
-        conn = _connect(uri, uri=True)
-    except sqlite3.Error as exc:
-        raise StoreError(f"cannot read store {path}: {exc}") from exc
-    try:
-        conn.execute("PRAGMA query_only = ON")
-        version = schema_version(conn)
-    except sqlite3.Error as exc:
-        conn.close()
-        raise StoreError(f"cannot read store {path}: {exc}") from exc
-    if version != SCHEMA_VERSION:
-        conn.close()
-        if version == 0:
-            raise StoreError(f"cannot read store {path}: not a voicecalld store (no schema)")
-        raise StoreError(
-            f"cannot read store {path}: schema version {version}, this voicecalld reads "
-            f"{SCHEMA_VERSION}; use the release that runs the daemon"
-        )
-    return ReadOnlyStore(conn, path)
+        return await self._read(partial(queries.webhook_keys_since, moment=moment))
