@@ -24,3 +24,10 @@ def test_open_and_disabled() -> None:
 
 def test_empty_numbers_are_never_the_same() -> None:
     assert not same_number("", "")
+
+
+def test_only_ascii_digits_count() -> None:
+    # "٤١٥" is 415 to str.isdigit() and int(): a caller must not match an allowlisted number
+    # by spelling it in other scripts' digits
+    assert digits("+\u0664\u0661\u0665") == ""
+    assert not same_number("+\u0664\u0661\u0665", "+415")

@@ -187,6 +187,16 @@ async def test_speak_and_dtmf(tmp_path: Path, clock: trio.testing.MockClock) -> 
         assert ended.json()["error"]["code"] == "call_ended"
 
 
+@pytest.mark.parametrize("limit", ["0", "501", "x", "\u00b2", "\u0664", "\uff11"])
+async def test_a_bad_limit_is_a_400_whatever_its_digits(tmp_path: Path, limit: str) -> None:
+    # superscript two, Arabic-Indic four and fullwidth one are digits to str.isdigit(): the
+    # first crashed int() (a 500), the others were taken as numbers
+    async with running(make_config(tmp_path)) as daemon:
+        response = await daemon.api.get("/v1/calls", params={"limit": limit})
+        assert response.status_code == 400
+        assert "limit: expected an integer" in response.json()["error"]["message"]
+
+
 async def test_listing_pages_and_filters(tmp_path: Path, clock: trio.testing.MockClock) -> None:
     async with running(make_config(tmp_path, calls={"max_concurrent": 10})) as daemon:
         placed = [await place(daemon, to=f"+1555123450{i}") for i in range(5)]

@@ -103,8 +103,11 @@ async def test_idle_streams_get_heartbeats(tmp_path: Path, clock: trio.testing.M
 
 async def test_events_need_the_token_and_a_numeric_resume_id(tmp_path: Path) -> None:
     async with running(make_config(tmp_path)) as daemon:
-        bad = await daemon.api.get("/v1/events", headers={"Last-Event-ID": "abc"})
-        assert bad.status_code == 400
+        # "²" (latin-1 on the wire) is a digit to str.isdigit(), not to int(); 10**30 is past
+        # any SQLite integer: both crashed the stream after its 200
+        for resume in (b"abc", "\u00b2".encode("latin-1"), b"1" * 30, b"-1"):
+            bad = await daemon.api.get("/v1/events", headers={b"Last-Event-ID": resume})
+            assert bad.status_code == 400, resume
         anonymous = await daemon.api.get("/v1/events", headers={"Authorization": ""})
         assert anonymous.status_code == 401
 

@@ -139,7 +139,10 @@ def routes(manager: CallManager, readiness: Readiness, token: str, config: Confi
         if state not in (None, "active", "ended"):
             raise BadRequest("state: expected active or ended")
         limit_text = request.query("limit") or "50"
-        if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_PAGE:
+        if (
+            not (limit_text.isascii() and limit_text.isdigit())
+            or not 1 <= int(limit_text) <= MAX_PAGE
+        ):
             raise BadRequest(f"limit: expected an integer in 1..{MAX_PAGE}")
         active = None if state is None else state == "active"
         try:

@@ -63,7 +63,12 @@ class Request:
         """Read the whole body; :class:`BodyTooLarge` past ``limit``, :class:`BodyTooSlow` after
         ``timeout`` seconds."""
         declared = self.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
+        if (
+            declared is not None
+            and declared.isascii()
+            and declared.isdigit()
+            and int(declared) > limit
+        ):
             raise BodyTooLarge
         chunks: list[bytes] = []
         size = 0

@@ -28,6 +28,8 @@ __all__ = ["HEARTBEAT", "format_event", "routes"]
 log = logging.getLogger("voicecalld.events")
 
 HEARTBEAT: Final = 15.0
+MAX_ID_DIGITS: Final = 18
+"""Event ids are SQLite integers (below 2**63): a longer Last-Event-ID is no id of ours."""
 BACKLOG_PAGE: Final = 500
 
 
@@ -42,7 +44,7 @@ def routes(manager: CallManager, token: str, config: Config, metrics: Metrics) -
             request.note = "bad or missing token"
             return error(401, "unauthorized", "a valid bearer token is required")
         resume = request.headers.get("last-event-id", "").strip()
-        if resume and not resume.isdigit():
+        if resume and not (resume.isascii() and resume.isdigit() and len(resume) <= MAX_ID_DIGITS):
             return error(400, "bad_request", "Last-Event-ID: expected an event id")
 
         async def stream(send: Send) -> int:

@@ -197,7 +197,12 @@ def check_response(head: bytes, key: str) -> Headers:
     except HandshakeError as exc:
         raise HandshakeError(0, f"unreadable answer: {exc.message}") from None
     parts = status_line.split(" ", 2)
-    if len(parts) < 2 or parts[0] != "HTTP/1.1" or not parts[1].isdigit() or len(parts[1]) != 3:
+    if (
+        len(parts) < 2
+        or parts[0] != "HTTP/1.1"
+        or not (parts[1].isascii() and parts[1].isdigit())
+        or len(parts[1]) != 3
+    ):
         raise HandshakeError(0, "unreadable status line")
     status = int(parts[1])
     if status != 101:
