@@ -291,6 +291,7 @@ async def test_a_failed_hangup_is_logged_and_retried_until_it_succeeds(
         stored = await r.store.get(call.id)
         assert stored is not None
         assert "hangup_owed" not in stored.metadata
+        assert "hangup_owed" not in (await r.manager.get(call.id)).metadata, "memory too"
         assert r.manager.owed_hangups == 0
 
 

@@ -165,6 +165,11 @@ async def test_hangup_is_idempotent_and_ends_hangup_bot(
 async def test_speak_and_dtmf(tmp_path: Path, clock: trio.testing.MockClock) -> None:
     async with running(make_config(tmp_path)) as daemon:
         call = await place(daemon)
+        for action, body in (("speak", {"text": "Hello"}), ("dtmf", {"digits": "1"})):
+            # nobody there yet: the mock would have pretended to answer, real carriers refuse
+            early = await daemon.api.post(f"/v1/calls/{call['id']}/{action}", json=body)
+            assert (early.status_code, early.json()["error"]["code"]) == (409, "not_answered")
+        assert daemon.manager.calls[call["id"]].answered_at is None
         await wait_until(
             lambda: daemon.manager.calls[call["id"]].answered_at is not None, timeout=30, every=0.5
         )

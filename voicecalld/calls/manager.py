@@ -96,6 +96,10 @@ class CallEnded(Exception):
     """The call has ended; the request needs a live one: 409."""
 
 
+class CallNotAnswered(Exception):
+    """The call is not answered yet; speaking or sending DTMF needs someone there: 409."""
+
+
 class UnknownProvider(Exception):
     """The provider is not enabled: 400."""
 
@@ -348,7 +352,7 @@ class CallManager:
     # -- speaking ------------------------------------------------------------------------------
 
     async def speak(self, call_id: str, text: str) -> Call:
-        call = await self._live(call_id)
+        call = await self._answered(call_id)
         carrier = self._carrier(call)
         await carrier.speak(call, text, self.issue_token(call.id))
         await self.set_state(call.id, State.SPEAKING)
@@ -363,7 +367,7 @@ class CallManager:
         return self.calls.get(call.id, call)
 
     async def send_dtmf(self, call_id: str, digits: str) -> Call:
-        call = await self._live(call_id)
+        call = await self._answered(call_id)
         await self._carrier(call).send_dtmf(call, digits, self.issue_token(call.id))
         return call
 
@@ -374,6 +378,14 @@ class CallManager:
         if call_id not in self._recently_ended and await self.store.get(call_id) is None:
             raise CallNotFound(call_id)
         raise CallEnded(call_id)
+
+    async def _answered(self, call_id: str) -> Call:
+        """The live call, answered: a carrier cannot play speech or tones to a phone that
+        rings (real ones refuse; the mock would have pretended it was answered)."""
+        call = await self._live(call_id)
+        if call.answered_at is None:
+            raise CallNotAnswered(call_id)
+        return call
 
     def _carrier(self, call: Call) -> Carrier:
         carrier = self.carriers.get(call.provider)
@@ -725,6 +737,7 @@ class CallManager:
 
     async def _owe_hangup(self, call: Call) -> None:
         call = _owing(call)
+        self._remember(call)  # memory and store agree (the carrier id a late dial brought)
         await self._write(call)
         self._owe(call)
 
@@ -787,9 +800,11 @@ class CallManager:
             )
         else:
             del self._owed[call.id]
+            known = self._known(call.id) or call  # memory answers GET /v1/calls/{id}: keep it true
             settled = attrs.evolve(
-                call, metadata={k: v for k, v in call.metadata.items() if k != "hangup_owed"}
+                known, metadata={k: v for k, v in known.metadata.items() if k != "hangup_owed"}
             )
+            self._remember(settled)
             await self._write(settled)
             log.info("carrier hang-up done", extra={"call_id": call.id, "provider": call.provider})
         finally:

@@ -18,6 +18,7 @@ import orjson
 from voicecalld.calls.manager import (
     CallEnded,
     CallManager,
+    CallNotAnswered,
     CallNotFound,
     CapacityReached,
     DialFailed,
@@ -79,6 +80,8 @@ def routes(manager: CallManager, readiness: Readiness, token: str, config: Confi
                 return error(404, "not_found", f"no call {missing}")
             except CallEnded as ended:
                 return error(409, "call_ended", f"call {ended} has ended")
+            except CallNotAnswered as ringing:
+                return error(409, "not_answered", f"call {ringing} is not answered yet")
             except CapacityReached as full:
                 return error(429, "capacity", str(full))
             except UnknownProvider as unknown:
