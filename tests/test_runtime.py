@@ -221,6 +221,21 @@ async def test_unknown_routes_and_methods_answer_json(tmp_path: Path) -> None:
         assert 'voicecalld_build_info{version="' in metrics
 
 
+async def test_a_media_url_without_an_upgrade_is_refused_as_the_handshake_would(
+    tmp_path: Path,
+) -> None:
+    """Someone checking the stream URL with curl, or a proxy that dropped Upgrade: GET goes to
+    the media fast path (400), other methods to the app, which answers as its handshake does
+    (405, Allow: GET) rather than a 404 that says the URL is wrong."""
+    async with running(make_config(tmp_path)) as daemon:
+        plain = await daemon.api.get("/media/twilio")
+        assert plain.status_code == 400
+        assert "Upgrade: websocket" in plain.text
+        for method in ("POST", "PUT"):
+            answer = await daemon.api.request(method, "/media/twilio")
+            assert (answer.status_code, answer.headers["allow"]) == (405, "GET"), method
+
+
 def _fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 

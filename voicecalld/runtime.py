@@ -33,7 +33,7 @@ from voicecalld.calls.reconcile import Reconciler
 from voicecalld.carriers.registry import Carriers
 from voicecalld.config import Config, tls_context
 from voicecalld.frontdoor import FrontDoor
-from voicecalld.http import api, events, health, webhooks
+from voicecalld.http import api, events, health, media, webhooks
 from voicecalld.http.app import App, Route
 from voicecalld.http.fastpath import WebhookFastPath
 from voicecalld.http.health import Phase, Readiness
@@ -255,6 +255,7 @@ class Runtime:
             *webhooks.routes(self.manager, self.carriers, self.config, self.metrics),
             *api.routes(self.manager, self.readiness, token, self.config),
             *events.routes(self.manager, token, self.config, self.metrics),
+            *media.routes(),
         ]
 
     # -- reload and stop -----------------------------------------------------------------------
