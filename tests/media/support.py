@@ -68,6 +68,12 @@ CLOSE_TIMEOUT: Final = 1.0
 """Seconds a closing websocket waits for its queue to drain and the peer's close frame."""
 API_TOKEN: Final = "test-token"
 """``make_config``'s API token: also the mock carrier's webhook secret."""
+NO_GRACE: Final = {"stream_grace": 0.0}
+"""``calls`` settings for a test whose call ends as soon as its stream does: a call's bridge
+outlives its stream for ``stream_grace``, waiting for the next one, and tells the app ``stop``
+only when the call's media is over."""
+STREAM_LOST: Final = {"type": "stop", "reason": "call ended (stream-lost)"}
+"""What the app hears when its call's stream ended and no other came within the grace."""
 
 
 @attrs.frozen
@@ -650,9 +656,20 @@ async def _media_rig(
                     async with trio.open_nursery() as closing:
                         for peer in [*rig.carriers, *app.peers]:
                             closing.start_soon(peer.ws.close)
+                    # a call's bridge outlives its stream, and the app's close ends the call:
+                    # let those ends, and the carrier hang-ups they owe, be done before the
+                    # daemon stops (a hang-up cut short leaves httpx's request body unclosed)
+                    with trio.move_on_after(CLOSE_TIMEOUT):
+                        await wait_until(lambda: _settled(daemon))
                     for stream in rig.raw:
                         await stream.aclose()
         nursery.cancel_scope.cancel()
+
+
+def _settled(daemon: Daemon) -> bool:
+    """No bridge is open, and no carrier hang-up is owed."""
+    streams, manager = daemon.runtime.streams, daemon.manager
+    return (streams is None or not streams._bridges) and manager.owed_hangups == 0
 
 
 def carrier_message(carrier: str, name: str, changes: dict[str, str] | None = None) -> bytes:

@@ -13,7 +13,16 @@ import orjson
 import pytest
 import trio
 
-from tests.media.support import WAIT, BridgeApp, Peer, Rig, carrier_message, media_rig
+from tests.media.support import (
+    NO_GRACE,
+    STREAM_LOST,
+    WAIT,
+    BridgeApp,
+    Peer,
+    Rig,
+    carrier_message,
+    media_rig,
+)
 from tests.support import wait_until
 from voicecalld.calls.model import EndReason
 from voicecalld.media import g711
@@ -154,7 +163,7 @@ async def test_audio_that_is_not_whole_samples_ends_the_call(tmp_path: Path) -> 
 
 
 async def test_a_call_placed_with_its_own_bridge_url_uses_it(tmp_path: Path) -> None:
-    async with media_rig(tmp_path) as rig, trio.open_nursery() as nursery:
+    async with media_rig(tmp_path, calls=NO_GRACE) as rig, trio.open_nursery() as nursery:
         own = await BridgeApp.serve(nursery)
         response = await rig.daemon.api.post(
             f"{rig.base}/v1/calls", json={"to": "+15551230000", "bridge_url": own.url}
@@ -193,17 +202,16 @@ async def test_without_a_bridge_the_stream_still_runs(tmp_path: Path) -> None:
         assert 'voicecalld_media_frames_total{direction="in"} 1' in await rig.metrics()
 
 
-async def test_a_carrier_that_vanishes_sends_stop_to_the_app(tmp_path: Path) -> None:
-    async with media_rig(tmp_path) as rig:
+async def test_a_carrier_that_vanishes_ends_the_call_and_the_app_hears_stop(
+    tmp_path: Path,
+) -> None:
+    async with media_rig(tmp_path, calls=NO_GRACE) as rig:
         _, token = await rig.mock_call(SID)
         stream = await rig.carrier_in_one_write("mock", [start(token)])
         bridge = await rig.app.next()
         await bridge.json()
         await stream.aclose()  # no close frame: the TCP connection just ends
-        assert await bridge.json() == {
-            "type": "stop",
-            "reason": "carrier closed the stream (1006)",
-        }
+        assert await bridge.json() == STREAM_LOST
 
 
 SECOND = MULAW * 50
@@ -222,7 +230,7 @@ async def test_a_slow_app_costs_audio_not_memory(tmp_path: Path) -> None:
     """An app that stops reading: voicecalld's buffer for it fills, then frames are dropped
     and counted, never queued without bound; every 20 ms frame of the caller's seconds is
     delivered or counted dropped."""
-    async with media_rig(tmp_path) as rig:
+    async with media_rig(tmp_path, calls=NO_GRACE) as rig:
         rig.app.shrink_receive_buffer(4096)
         _, carrier, bridge = await call_with_stream(rig)
         frame = media(SECOND)
@@ -239,7 +247,7 @@ async def test_a_slow_app_costs_audio_not_memory(tmp_path: Path) -> None:
         assert 0 < len(delivered) < frames
         assert len(delivered) + rig.counter("media_dropped", direction="in") == frames
         assert rig.counter("media_frames", direction="in") == frames
-        assert messages[-1].data == b'{"type":"stop","reason":"carrier stopped the stream"}'
+        assert orjson.loads(messages[-1].data) == STREAM_LOST
 
 
 async def test_a_slow_carrier_costs_audio_not_memory(tmp_path: Path) -> None:

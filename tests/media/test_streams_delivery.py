@@ -14,7 +14,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.media.support import carrier_message, media_rig
+from tests.media.support import NO_GRACE, STREAM_LOST, carrier_message, media_rig
 from tests.support import wait_until
 from voicecalld.calls.model import EndReason
 from voicecalld.carriers.base import StreamAudio, StreamEvent
@@ -61,7 +61,7 @@ async def test_digits_are_recorded_in_their_place_among_the_audio(
         media(b"\x03" * 160),
         twilio("stop"),
     ]
-    async with media_rig(tmp_path) as rig:
+    async with media_rig(tmp_path, calls=NO_GRACE) as rig:
         call_id, token = await rig.mock_call(SID)
         start = twilio("start", {"t0k3n": token})
         if when == "with the start":
@@ -81,15 +81,16 @@ async def test_digits_are_recorded_in_their_place_among_the_audio(
             b'{"type":"dtmf","digit":"2"}',
             b'{"type":"dtmf","digit":"3"}',
             b"\x03" * 160,
-            b'{"type":"stop","reason":"carrier stopped the stream"}',
+            orjson.dumps(STREAM_LOST),
         ]
         events = [(e["type"], e.get("digit")) for e in await rig.events(call_id)]
-        assert events[-5:] == [
+        assert events[-6:] == [
             ("stream.started", None),
             ("call.dtmf", "1"),
             ("call.dtmf", "2"),
             ("call.dtmf", "3"),
             ("stream.stopped", None),
+            ("call.ended", None),
         ]
 
 
@@ -140,7 +141,7 @@ async def test_an_app_hang_up_that_comes_with_the_carriers_stop_ends_the_call(
 async def test_a_bug_in_handling_a_message_ends_the_stream_and_is_logged(
     tmp_path: Path, reader: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async with media_rig(tmp_path) as rig:
+    async with media_rig(tmp_path, calls=NO_GRACE) as rig:
         carrier_of_mock = rig.daemon.manager.carriers.get("mock")
         assert carrier_of_mock is not None
         protocol = carrier_of_mock.stream
@@ -160,9 +161,7 @@ async def test_a_bug_in_handling_a_message_ends_the_stream_and_is_logged(
         assert (await app.json())["type"] == "start"
         carrier.ws.send_text(twilio("media"))
         _, unread = await app.closed()
-        assert [orjson.loads(m.data) for m in unread] == [
-            {"type": "stop", "reason": "stream ended"}
-        ]
+        assert [orjson.loads(m.data) for m in unread] == [STREAM_LOST]
         await carrier.closed()
         await rig.events(call_id)
 

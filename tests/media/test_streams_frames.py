@@ -16,7 +16,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.media.support import carrier_message, media_rig
+from tests.media.support import NO_GRACE, STREAM_LOST, carrier_message, media_rig
 from voicecalld.media import g711
 
 SID = "CA11111111111111111111111111111111"
@@ -58,7 +58,7 @@ async def test_the_app_hears_20_ms_frames_whatever_the_carrier_sends(
     heard = b"".join(CONVERT[encoding](chunk) for chunk in chunks)
     size = FRAME_BYTES[encoding]
     frames = len(heard) // size
-    async with media_rig(tmp_path, media={"bridge_encoding": encoding}) as rig:
+    async with media_rig(tmp_path, media={"bridge_encoding": encoding}, calls=NO_GRACE) as rig:
         call_id, token = await rig.mock_call(SID)
         carrier = await rig.carrier("mock")
         carrier.ws.send_text(carrier_message("twilio", "start", {"t0k3n": token}))
@@ -72,8 +72,8 @@ async def test_the_app_hears_20_ms_frames_whatever_the_carrier_sends(
 
         assert {len(frame) for frame in received} == {size}
         assert b"".join(received) == heard[: frames * size]
-        assert [m.data for m in rest] == [
-            b'{"type":"stop","reason":"carrier stopped the stream"}'
+        assert [orjson.loads(m.data) for m in rest] == [
+            STREAM_LOST
         ]  # what was short of a frame was dropped
         await rig.events(call_id)
         assert rig.counter("media_frames", direction="in") == frames

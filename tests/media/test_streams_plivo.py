@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 from pathlib import Path
 
-from tests.media.support import Peer, Rig, carrier_message, media_rig
+from tests.media.support import NO_GRACE, STREAM_LOST, Peer, Rig, carrier_message, media_rig
 from voicecalld.media import g711
 from voicecalld.media.websocket import CloseCode
 
@@ -30,7 +30,7 @@ async def start_stream(rig: Rig, token: str, changes: dict[str, str] | None = No
 
 
 async def test_a_call_end_to_end(tmp_path: Path) -> None:
-    async with media_rig(tmp_path) as rig:
+    async with media_rig(tmp_path, calls=NO_GRACE) as rig:
         call_id, token = await rig.plivo_call(CALL_UUID)
         carrier = await start_stream(rig, token)
         app = await rig.app.next()
@@ -72,12 +72,13 @@ async def test_a_call_end_to_end(tmp_path: Path) -> None:
 
         # no stop is documented: the close ends the stream, and the app hears stop
         await carrier.ws.close()
-        assert await app.json() == {"type": "stop", "reason": "carrier closed the stream (1000)"}
+        assert await app.json() == STREAM_LOST
         closed, _ = await app.closed()
         assert closed.code == CloseCode.NORMAL
-        assert [e["type"] for e in await rig.events(call_id)][-2:] == [
+        assert [e["type"] for e in await rig.events(call_id)][-3:] == [
             "call.dtmf",
             "stream.stopped",
+            "call.ended",
         ]
 
 
@@ -133,11 +134,11 @@ def plivo_payload() -> str:
 
 async def test_a_stop_frame_ends_the_stream_too(tmp_path: Path) -> None:
     """Plivo documents none, but one is read if it comes."""
-    async with media_rig(tmp_path) as rig:
+    async with media_rig(tmp_path, calls=NO_GRACE) as rig:
         _, token = await rig.plivo_call(CALL_UUID)
         carrier = await start_stream(rig, token)
         app = await rig.app.next()
         await app.json()
         carrier.send_json({"event": "stop", "streamId": STREAM_ID})
-        assert await app.json() == {"type": "stop", "reason": "carrier stopped the stream"}
+        assert await app.json() == STREAM_LOST
         assert (await carrier.closed())[0].code == CloseCode.NORMAL

@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 from pathlib import Path
 
-from tests.media.support import Peer, Rig, carrier_message, media_rig
+from tests.media.support import NO_GRACE, STREAM_LOST, Peer, Rig, carrier_message, media_rig
 from voicecalld.carriers.telnyx.wire import encode_client_state
 from voicecalld.media import g711
 from voicecalld.media.websocket import CloseCode
@@ -41,7 +41,7 @@ async def start_stream(rig: Rig, call_id: str, token: str, codec: str = "PCMU") 
 
 
 async def test_a_call_end_to_end(tmp_path: Path) -> None:
-    async with media_rig(tmp_path) as rig:
+    async with media_rig(tmp_path, calls=NO_GRACE) as rig:
         call_id, token = await rig.telnyx_call(CALL_CONTROL_ID)
         carrier = await start_stream(rig, call_id, token)
         app = await rig.app.next()
@@ -67,7 +67,7 @@ async def test_a_call_end_to_end(tmp_path: Path) -> None:
         assert await app.json() == {"type": "dtmf", "digit": "1"}
 
         carrier.ws.send_text(telnyx("stop"))
-        assert await app.json() == {"type": "stop", "reason": "carrier stopped the stream"}
+        assert await app.json() == STREAM_LOST
         closed, _ = await carrier.closed()
         assert closed.code == CloseCode.NORMAL
 
@@ -92,14 +92,14 @@ async def test_a_pcma_stream_is_bridged_as_mulaw_both_ways(tmp_path: Path) -> No
 
 async def test_the_token_in_custom_parameters_is_read_too(tmp_path: Path) -> None:
     """``streaming_start`` (a stream re-opened on a live call) carries it there."""
-    async with media_rig(tmp_path) as rig:
+    async with media_rig(tmp_path, calls=NO_GRACE) as rig:
         _, token = await rig.telnyx_call(CALL_CONTROL_ID)
         carrier = await rig.carrier("telnyx")
         carrier.ws.send_text(telnyx("start", {"t0k3n": token}))
         app = await rig.app.next()
         assert (await app.json())["type"] == "start"
         carrier.ws.send_text(telnyx("stop"))
-        assert (await app.json())["type"] == "stop"
+        assert await app.json() == STREAM_LOST
 
 
 async def test_a_start_without_a_token_is_refused(tmp_path: Path) -> None:

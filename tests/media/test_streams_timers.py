@@ -16,7 +16,7 @@ import trio
 import trio.testing
 from trio.testing import MockClock
 
-from tests.media.support import Peer, Rig, carrier_message, media_rig
+from tests.media.support import STREAM_LOST, Peer, Rig, carrier_message, media_rig
 from voicecalld.calls.model import Call, EndReason
 from voicecalld.media.websocket import CloseCode
 
@@ -30,6 +30,16 @@ async def started_stream(rig: Rig, token: str) -> tuple[Peer, Peer]:
     bridge = await rig.app.next()
     assert (await bridge.json())["type"] == "start"
     return carrier, bridge
+
+
+async def next_stream(rig: Rig, token: str, bridge: Peer) -> Peer:
+    """Another stream of a call, started with ``token``, once the call's ``bridge`` hears it
+    (the caller's audio, and no ``start``: the bridge is the call's, not the stream's)."""
+    carrier = await rig.carrier("mock")
+    carrier.ws.send_text(carrier_message("twilio", "start", {"t0k3n": token}))
+    carrier.ws.send_text(carrier_message("twilio", "media"))
+    assert await bridge.binary() == b"\x7e" * 160
+    return carrier
 
 
 def on_end(rig: Rig) -> tuple[trio.Event, list[Call]]:
@@ -63,37 +73,44 @@ async def test_a_stream_must_start_within_start_timeout(
         assert rig.daemon.runtime.metrics.streams.collect() == {(): 0.0}
 
 
-async def test_a_lost_stream_ends_the_call_after_the_grace(
+async def test_a_lost_stream_ends_the_call_and_its_bridge_after_the_grace(
     tmp_path: Path, mock_clock: MockClock
 ) -> None:
+    """The bridge waits out the grace with the call (the app hears nothing meanwhile), then
+    hears ``stop`` and is closed as the call ends ``stream-lost``."""
     async with media_rig(tmp_path, calls={"stream_grace": GRACE}) as rig:
         call_id, token = await rig.mock_call(SID)
         carrier, bridge = await started_stream(rig, token)
         ended, calls = on_end(rig)
         mock_clock.autojump_threshold = 0
         await carrier.ws.close()
-        assert (await bridge.json(within=math.inf))["type"] == "stop"
-        await trio.sleep(GRACE * 0.9)
+        with trio.move_on_after(GRACE * 0.9):
+            message = await bridge.receive(within=math.inf)
+            raise AssertionError(f"the app heard {message} during the grace")
         assert call_id in rig.daemon.manager.calls, "ended before the grace was over"
+        assert await bridge.json(within=math.inf) == STREAM_LOST
+        closed, unread = await bridge.closed(within=math.inf)
+        assert (closed.code, closed.by_peer, unread) == (CloseCode.NORMAL, True, [])
         await ended.wait()
         assert [(c.id, c.end_reason) for c in calls] == [(call_id, EndReason.STREAM_LOST)]
 
 
-async def test_a_new_stream_within_the_grace_keeps_the_call(
+async def test_a_new_stream_within_the_grace_keeps_the_call_and_its_bridge(
     tmp_path: Path, mock_clock: MockClock
 ) -> None:
     async with media_rig(tmp_path, calls={"stream_grace": GRACE}) as rig:
         call_id, token = await rig.mock_call(SID)
         carrier, bridge = await started_stream(rig, token)
         await carrier.ws.close()
-        assert (await bridge.json())["type"] == "stop"
-        # the carrier comes back with the token of a new webhook answer
-        carrier, bridge = await started_stream(rig, rig.daemon.manager.issue_token(call_id))
+        await carrier.closed()
+        # the carrier comes back with the token of a new webhook answer: same bridge
+        carrier = await next_stream(rig, rig.daemon.manager.issue_token(call_id), bridge)
         mock_clock.autojump_threshold = 0
         await trio.sleep(GRACE * 3)
         assert call_id in rig.daemon.manager.calls
         carrier.ws.send_text(carrier_message("twilio", "media"))
         assert await bridge.binary(within=math.inf) == b"\x7e" * 160
+        assert rig.app.nothing_pending()
 
 
 async def test_a_new_stream_supersedes_the_old_one_and_the_call_goes_on(
@@ -101,16 +118,17 @@ async def test_a_new_stream_supersedes_the_old_one_and_the_call_goes_on(
 ) -> None:
     async with media_rig(tmp_path, calls={"stream_grace": GRACE}) as rig:
         call_id, token = await rig.mock_call(SID)
-        old_carrier, old_bridge = await started_stream(rig, token)
-        carrier, bridge = await started_stream(rig, rig.daemon.manager.issue_token(call_id))
+        old_carrier, bridge = await started_stream(rig, token)
+        carrier = await next_stream(rig, rig.daemon.manager.issue_token(call_id), bridge)
         closed, _ = await old_carrier.closed()
         assert (closed.code, closed.reason) == (CloseCode.NORMAL, "superseded by a new stream")
-        assert await old_bridge.json() == {"type": "stop", "reason": "superseded by a new stream"}
         mock_clock.autojump_threshold = 0
         await trio.sleep(GRACE * 3)  # the old stream's end started no grace period
         assert call_id in rig.daemon.manager.calls
         carrier.ws.send_text(carrier_message("twilio", "media"))
+        # the old stream's bridge is the new one's: no stop, no new start, the caller's audio
         assert await bridge.binary(within=math.inf) == b"\x7e" * 160
+        assert rig.app.nothing_pending()
         events = [(e["type"], e.get("reason")) for e in await rig.events(call_id, within=math.inf)]
         assert sorted(events[-3:]) == [  # the old stream's end and the new one's start race
             ("stream.started", None),
@@ -137,3 +155,29 @@ async def test_shutdown_drains_then_closes_streams_1001(
             "reason": "voicecalld is shutting down",
         }
         assert call_id in manager.calls, "shutting down does not end the call"
+        closed, _ = await bridge.closed(within=math.inf)
+        assert (closed.code, closed.reason) == (CloseCode.GOING_AWAY, "voicecalld is shutting down")
+
+
+async def test_shutdown_between_two_streams_closes_the_bridge_1001(
+    tmp_path: Path, mock_clock: MockClock
+) -> None:
+    """A bridge waiting for its call's next stream is drained like a stream: up to
+    ``drain_timeout``, then ``stop`` and 1001, and the call goes on."""
+    settings = {"calls": {"stream_grace": 60.0}, "runtime": {"drain_timeout": 3.0}}
+    async with media_rig(tmp_path, **settings) as rig:
+        call_id, token = await rig.mock_call(SID)
+        carrier, bridge = await started_stream(rig, token)
+        await carrier.ws.close()
+        await carrier.closed()
+        mock_clock.autojump_threshold = 0
+        stopping = trio.current_time()
+        rig.daemon.stop()
+        assert await bridge.json(within=math.inf) == {
+            "type": "stop",
+            "reason": "voicecalld is shutting down",
+        }
+        assert trio.current_time() - stopping >= 3.0
+        closed, _ = await bridge.closed(within=math.inf)
+        assert closed.code == CloseCode.GOING_AWAY
+        assert call_id in rig.daemon.manager.calls, "shutting down does not end the call"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import orjson
 
-from tests.media.support import Peer, Rig, carrier_message, media_rig
+from tests.media.support import NO_GRACE, STREAM_LOST, Peer, Rig, carrier_message, media_rig
 from voicecalld.media.websocket import CloseCode
 
 SID = "CA11111111111111111111111111111111"
@@ -35,7 +35,7 @@ async def start_stream(rig: Rig, token: str) -> tuple[Peer, Peer]:
 
 
 async def test_a_call_end_to_end(tmp_path: Path) -> None:
-    async with media_rig(tmp_path) as rig:
+    async with media_rig(tmp_path, calls=NO_GRACE) as rig:
         call_id, token = await rig.twilio_call(SID)
         carrier, app = await start_stream(rig, token)
         start = await app.json()
@@ -81,18 +81,19 @@ async def test_a_call_end_to_end(tmp_path: Path) -> None:
         assert await app.json() == {"type": "dtmf", "digit": "1"}
 
         carrier.ws.send_text(twilio("stop"))
-        assert await app.json() == {"type": "stop", "reason": "carrier stopped the stream"}
+        assert await app.json() == STREAM_LOST
         closed, unread = await carrier.closed()
         assert (closed.code, closed.by_peer, unread) == (CloseCode.NORMAL, True, [])
         closed, unread = await app.closed()
         assert (closed.code, unread) == (CloseCode.NORMAL, [])
 
         events = [(e["type"], e.get("digit") or e.get("reason")) for e in await rig.events(call_id)]
-        assert events[-4:] == [
+        assert events[-5:] == [
             ("call.state", None),
             ("stream.started", None),
             ("call.dtmf", "1"),
             ("stream.stopped", "carrier stopped the stream"),
+            ("call.ended", None),
         ]
         assert 'voicecalld_media_frames_total{direction="in"} 1' in await rig.metrics()
         assert 'voicecalld_media_frames_total{direction="out"} 1' in await rig.metrics()
@@ -132,7 +133,7 @@ async def test_a_used_token_is_refused(tmp_path: Path) -> None:
 
 
 async def test_a_malformed_message_closes_the_stream_1008(tmp_path: Path) -> None:
-    async with media_rig(tmp_path) as rig:
+    async with media_rig(tmp_path, calls=NO_GRACE) as rig:
         _, token = await rig.twilio_call(SID)
         carrier, app = await start_stream(rig, token)
         await app.json()
@@ -142,4 +143,4 @@ async def test_a_malformed_message_closes_the_stream_1008(tmp_path: Path) -> Non
             CloseCode.POLICY_VIOLATION,
             "malformed carrier message",
         )
-        assert await app.json() == {"type": "stop", "reason": "malformed carrier message"}
+        assert await app.json() == STREAM_LOST

@@ -24,18 +24,18 @@ audio goes to the carrier in the chunks the app sent: SPEC §8 sets no size for 
 carrier plays chunks of any size (Telnyx asks for 20 ms at least: an app should send that).
 
 What cannot be done without awaiting (recording a DTMF digit; ending the call on a hang-up,
-on bad audio from the app, or when its bridge closes) is a *job* for the stream's own task,
-which otherwise only waits for the stream's end. Jobs run one at a time, in the order they
-came, and those asked for before the stream was over still run after it (an app's hang-up
-that came with the carrier's ``stop`` still ends the call ``hangup-bot``). A side whose next
-messages must wait for a job is paused meanwhile: after a digit, the carrier's next messages
-are handled once the digit is recorded, in order; after a hang-up, nothing more is read from
-the app. A callback that raises (a bug) makes the stream's task raise it, so it is logged like
-any failed connection. TLS websockets, which a poller cannot read, and every websocket where
-``epoll`` is missing, are read by a task each
-(:meth:`~voicecalld.media.connection.WebSocket.pump`) that calls the same callbacks. The
-poller's task is :meth:`MediaStreams.run`, the runtime's ``media`` step (see
-:mod:`voicecalld.media.poller`).
+on bad audio from the app, or when its bridge closes) is a *job* for the task of the side it
+came from (the stream's, the bridge's), which otherwise only waits for its end. Jobs run one
+at a time, in the order they came, and those asked for before the side was over still run
+after it (an app's hang-up that came with the carrier's ``stop`` still ends the call
+``hangup-bot``). A side whose next messages must wait for a job is paused meanwhile: after a
+digit, the carrier's next messages are handled once the digit is recorded, in order; after a
+hang-up, nothing more is read from the app. A callback that raises (a bug) makes the stream's
+task raise it, so it is logged like any failed connection (the bridge's task logs it and ends
+the call). TLS websockets, which a poller cannot read, and every websocket where ``epoll`` is
+missing, are read by a task each (:meth:`~voicecalld.media.connection.WebSocket.pump`) that
+calls the same callbacks. The poller's task is :meth:`MediaStreams.run`, the runtime's
+``media`` step (see :mod:`voicecalld.media.poller`).
 
 Admission, in order: the request head within ``server.body_timeout``; a provider that is
 enabled (404); ``media.max_streams`` streams admitted and not yet closed (503),
@@ -47,18 +47,29 @@ cannot overshoot a limit; then the upgrade (carrier messages over
 (1008 otherwise). Tokens are single-use; a new stream for a call supersedes the old one,
 whose close then does not count as the stream going away.
 
-Each stream has its own bridge: opened when the stream starts, to the call's ``bridge_url``
-(else ``media.bridge_url``), and closed after telling the application ``stop`` when the stream
-ends, whatever ended it. A bridge that cannot connect, or closes, or sends audio that is not
-whole samples, ends the call (logged). When the current stream of a live call ends, the manager
-gives it ``calls.stream_grace`` for a new one before ending the call ``stream-lost``. On
-shutdown, streams still open after ``runtime.drain_timeout`` are closed with 1001 and the call
-goes on (a restarted voicecalld reconciles it).
+Each call has one bridge, whatever its streams: the call's first stream opens it, to the
+call's ``bridge_url`` (else ``media.bridge_url``), and tells the app ``start``. A carrier may
+end a stream in the middle of a call and open another (Twilio does, to play ``<Say>``): the
+bridge outlives the stream, and the next stream of the call is attached to it (with transcoders
+of its own, for its encoding; the bridge's format never changes), so the app sees one
+connection, one ``start`` and one ``stop`` per call. SPEC §8 has no message for the switch, and
+the app is told none: it hears silence, then the caller again. Between streams the app's audio
+has no carrier to go to, and is dropped (counted); its ``mark`` and ``clear`` mean nothing then,
+its ``hangup`` still ends the call. The bridge is told ``stop`` and closed when the call's media
+is over: the call ended (a stream grace that ran out ends it ``stream-lost``), or voicecalld
+shuts down (1001). A bridge that cannot connect, or closes, or sends audio that is not whole
+samples, ends the call (logged). Its messages are handled by a task of its own (in the nursery
+of :meth:`MediaStreams.run`), whose jobs are those of the app's side, as a stream's task has
+those of the carrier's. When the current stream of a live call ends, the manager gives it
+``calls.stream_grace`` for a new one before ending the call ``stream-lost``. On shutdown,
+streams and bridges still open after ``runtime.drain_timeout`` are closed with 1001 and the
+call goes on (a restarted voicecalld reconciles it).
 
 Which side closed matters, so each side's end is told by its own websocket's end callback; a
 send to the other side that finds it closed drops the frame, and leaves the ending to that
-side's callback. When the stream is over, both deliveries are paused before the app is told
-``stop``, so ``stop`` is the last thing it hears.
+side's callback. When the bridge is over, it is detached from its stream (whose later audio is
+not forwarded) and its delivery paused before the app is told ``stop``, so ``stop`` is the last
+thing it hears.
 """
 
 from __future__ import annotations
@@ -128,8 +139,31 @@ class _Refused(Exception):
         self.status = status
 
 
+@attrs.define(eq=False, kw_only=True)
+class _Worker:
+    """What a stream's or a bridge's task shares with its callbacks: the jobs they leave it,
+    and why it ends."""
+
+    jobs: deque[Job] = attrs.Factory(deque)
+    """What callbacks left to the task, in the order they came."""
+    wake: trio.Event = attrs.Factory(trio.Event)
+    """Set when a job came, or the side is over, or failed."""
+    over: bool = False
+    failure: Exception | None = None
+    """What a callback raised (a bug): the task raises it."""
+    stop_reason: str = ""
+    close_code: int = CloseCode.NORMAL
+
+    def ending(self, reason: str, code: int = CloseCode.NORMAL) -> None:
+        """Say why it ends, and with which close code: the first cause given is the one the
+        carrier, the app and the call's events are told (a bridge that failed is not
+        reported as the call ending that followed)."""
+        if not self.stop_reason:
+            self.stop_reason, self.close_code = reason, code
+
+
 @attrs.define(eq=False)
-class _Stream:
+class _Stream(_Worker):
     """One carrier media stream, from its upgrade to its close."""
 
     carrier_ws: WebSocket
@@ -145,24 +179,16 @@ class _Stream:
     call: Call | None = None
     started: StreamStarted | None = None
     bridge: WebSocket | None = None
+    """The call's bridge while this stream is attached to it."""
     to_app: Transcoder | None = None
     """Carrier audio to the bridge's encoding; ``None`` when they are the same."""
     to_carrier: Transcoder | None = None
     """The app's audio to what the carrier plays; ``None`` when they are the same."""
     framer: Framer | None = None
     """Cuts the caller's audio into the bridge's 20 ms frames; set with the bridge."""
-    jobs: deque[Job] = attrs.Factory(deque)
-    """What callbacks left to the stream's task, in the order they came."""
-    wake: trio.Event = attrs.Factory(trio.Event)
-    """Set when a job came, or the stream is over, or failed."""
-    over: bool = False
-    failure: Exception | None = None
-    """What a callback raised (a bug): the stream's task raises it."""
     starts_grace: bool = True
     """Whether its end gives the call ``stream_grace`` to get a new one: not when a new one
     superseded it, nor when voicecalld shuts down (the call outlives the daemon)."""
-    stop_reason: str = ""
-    close_code: int = CloseCode.NORMAL
     frames_in: int = 0
     """The app's 20 ms frames (without a bridge, the carrier's audio messages)."""
     frames_out: int = 0
@@ -172,12 +198,18 @@ class _Stream:
     counted: tuple[int, int, int, int] = (0, 0, 0, 0)
     """The counts above as last added to ``/metrics``."""
 
-    def ending(self, reason: str, code: int = CloseCode.NORMAL) -> None:
-        """Say why the stream ends, and with which close code: the first cause given is the
-        one the carrier, the app and the call's events are told (a bridge that failed is not
-        reported as the call ending that followed)."""
-        if not self.stop_reason:
-            self.stop_reason, self.close_code = reason, code
+
+@attrs.define(eq=False)
+class _Bridge(_Worker):
+    """A call's websocket to its application, from the call's first stream to the end of its
+    media; its callbacks are bound to this, and find the stream of the moment here."""
+
+    ws: WebSocket
+    call: Call
+    stream: _Stream | None = None
+    """The stream the app's audio goes to; ``None`` between two streams of the call."""
+    scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    """Covers the bridge's task: cancelled on shutdown."""
 
 
 class MediaStreams:
@@ -190,9 +222,13 @@ class MediaStreams:
         self._current: dict[str, _Stream] = {}
         """The stream of each call (the newest: older ones are superseded)."""
         self._open: set[_Stream] = set()
-        """Upgraded and not yet closed: what draining waits for."""
+        """Upgraded and not yet closed: what draining waits for (with the bridges)."""
+        self._bridges: dict[str, _Bridge] = {}
+        """The bridge of each call that has one, from its connection to its close."""
+        self._nursery: trio.Nursery | None = None
+        """Where bridges' tasks run: :meth:`run`'s, since a bridge outlives its streams."""
         self._changed = trio.Event()
-        """Set when a stream closes (drain waits on it)."""
+        """Set when a stream or a bridge closes (drain waits on it)."""
         self._admitted = 0
         self._pending = 0
         self._pending_by_client: Counter[str] = Counter()
@@ -204,11 +240,14 @@ class MediaStreams:
         metrics.streams.read = lambda: {(): float(len(self._open))}
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """The runtime's ``media`` step: the poller's task, for the runtime's whole life."""
-        if self._poller is None:
+        """The runtime's ``media`` step, for the runtime's whole life: the poller's task, and
+        the nursery of the bridges' tasks."""
+        async with trio.open_nursery() as nursery:
+            if self._poller is not None:
+                await nursery.start(self._poller.run)
+            self._nursery = nursery
             task_status.started()
             await trio.sleep_forever()
-        await self._poller.run(task_status=task_status)
 
     def reconfigure(self, config: Config) -> None:
         self.config = config
@@ -380,8 +419,8 @@ class MediaStreams:
     # -- a live stream ---------------------------------------------------------------------
 
     async def _live(self, stream: _Stream) -> None:
-        """The stream's task while it is live: open the bridge, hand both websockets to the
-        poller, then run the stream's jobs until its end."""
+        """The stream's task while it is live: join the call's bridge (opened if it has none),
+        hand the carrier's websocket to the poller, then run the stream's jobs until its end."""
         call, started = stream.call, stream.started
         assert call is not None and started is not None
         await self.manager.set_state(call.id, State.ACTIVE)
@@ -393,9 +432,9 @@ class MediaStreams:
             extra={"call_id": call.id, "provider": stream.provider, "stream_id": started.stream_id},
         )
         bridge_url = str(call.metadata.get("bridge_url") or self.config.media.bridge_url)
-        if bridge_url and not await self._open_bridge(stream, bridge_url):
+        if bridge_url and not await self._join_bridge(stream, bridge_url):
             return
-        async with trio.open_nursery() as nursery:  # only pumps (TLS) run in it
+        async with trio.open_nursery() as nursery:  # only a pump (TLS) runs in it
             try:
                 # what came in the batch of the start goes first (and may pause the carrier)
                 self._from_carrier(stream, stream.backlog)
@@ -405,42 +444,66 @@ class MediaStreams:
                     partial(self._from_carrier, stream),
                     partial(self._carrier_ended, stream),
                 )
-                if stream.bridge is not None:
-                    self._deliver(
-                        nursery,
-                        stream.bridge,
-                        partial(self._from_bridge, stream),
-                        partial(self._bridge_ended, stream),
-                    )
                 await self._run_jobs(stream)
             finally:
-                # nothing more is handled: the app's ``stop`` must be the last it hears
-                stream.carrier_ws.pause()
-                if stream.bridge is not None:
-                    stream.bridge.pause()
+                stream.carrier_ws.pause()  # nothing more is handled
             nursery.cancel_scope.cancel()
 
-    async def _open_bridge(self, stream: _Stream, bridge_url: str) -> bool:
-        """Connect the stream's bridge and tell the app ``start``; end the call if it fails."""
+    async def _join_bridge(self, stream: _Stream, bridge_url: str) -> bool:
+        """Attach the stream to its call's bridge, opening it for the call's first stream;
+        end the call if the bridge cannot connect or take the stream's audio."""
         call, started = stream.call, stream.started
-        assert call is not None and started is not None
+        assert call is not None and started is not None and self._nursery is not None
         bridge_format = BRIDGE_FORMATS[self.config.media.bridge_encoding]
-        carrier_format = (started.encoding, started.sample_rate)
         try:
-            to_app = Transcoder(carrier_format, bridge_format)
+            to_app = Transcoder((started.encoding, started.sample_rate), bridge_format)
             to_carrier = Transcoder(bridge_format, PLAYBACK)
-            stream.bridge = await connect(bridge_url)
-        except (OSError, HandshakeError, trio.TooSlowError, ValueError) as error:
+        except ValueError as error:
             log.warning(
-                "bridge failed to connect; ending the call",
-                extra={"call_id": call.id, "url": bridge_url, "error": str(error)},
+                "stream audio cannot be bridged; ending the call",
+                extra={"call_id": call.id, "error": str(error)},
             )
-            stream.ending("bridge failed to connect")
+            stream.ending("stream audio cannot be bridged")
             await self.manager.end_call(call.id, EndReason.ERROR)
             return False
         stream.to_app = None if to_app.identity else to_app
         stream.to_carrier = None if to_carrier.identity else to_carrier
         stream.framer = Framer(frame_bytes(bridge_format, FRAME_MS))
+        bridge = self._bridges.get(call.id)
+        if bridge is None:
+            bridge = await self._nursery.start(self._run_bridge, stream, bridge_url)
+            if bridge is None:
+                stream.ending("bridge failed to connect")
+                await self.manager.end_call(call.id, EndReason.ERROR)
+                return False
+        elif not bridge.over:  # else the call is ending: the stream goes without
+            _attach(bridge, stream)
+        return True
+
+    async def _run_bridge(
+        self,
+        stream: _Stream,
+        bridge_url: str,
+        *,
+        task_status: trio.TaskStatus[_Bridge | None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """The bridge's task, for the life of its call's media: connect, tell the app
+        ``start`` and attach ``stream``, then run the bridge's jobs until it is over, and tell
+        the app ``stop``. Reports the bridge, or ``None`` if it could not connect."""
+        call = stream.call
+        assert call is not None
+        try:
+            ws = await connect(bridge_url)
+        except (OSError, HandshakeError, trio.TooSlowError) as error:
+            log.warning(
+                "bridge failed to connect; ending the call",
+                extra={"call_id": call.id, "url": bridge_url, "error": str(error)},
+            )
+            task_status.started(None)
+            return
+        bridge = _Bridge(ws, call)
+        self._bridges[call.id] = bridge
+        bridge_format = BRIDGE_FORMATS[self.config.media.bridge_encoding]
         start = {
             "type": "start",
             "call": self.manager.calls.get(call.id, call).to_json(),
@@ -451,8 +514,35 @@ class MediaStreams:
                 "frame_ms": FRAME_MS,
             },
         }
-        _to_app(stream, start)  # if the bridge closed already, its callback will say
-        return True
+        self._tell_app(ws, start)  # if the bridge closed already, its callback will say
+        _attach(bridge, stream)
+        task_status.started(bridge)
+        try:
+            with bridge.scope:
+                async with trio.open_nursery() as nursery:  # only a pump (TLS) runs in it
+                    self._deliver(
+                        nursery,
+                        ws,
+                        partial(self._from_bridge, bridge),
+                        partial(self._bridge_ended, bridge),
+                    )
+                    try:
+                        await self._run_jobs(bridge)
+                    finally:
+                        ws.pause()  # nothing more is handled: ``stop`` is the last word
+                    nursery.cancel_scope.cancel()
+        except trio.Cancelled:  # not by us (drain's stop at bridge.scope): the runtime is ending
+            bridge.ending("voicecalld is shutting down", CloseCode.GOING_AWAY)
+            raise
+        except Exception:  # a callback's bug: logged, and the call cannot go on without it
+            log.exception("bridge failed; ending the call", extra={"call_id": call.id})
+            bridge.ending("bridge failed")
+            if bridge.stream is not None:
+                bridge.stream.ending("bridge failed")
+            await self.manager.end_call(call.id, EndReason.ERROR)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._finish_bridge(bridge)
 
     def _deliver(
         self,
@@ -467,29 +557,29 @@ class MediaStreams:
         else:
             nursery.start_soon(ws.pump, on_messages, on_end)
 
-    async def _run_jobs(self, stream: _Stream) -> None:
+    async def _run_jobs(self, worker: _Worker) -> None:
         """Run what the callbacks could not do without waiting, in the order they asked, until
-        the stream is over and none is left; raise what a callback raised."""
+        the stream (or bridge) is over and none is left; raise what a callback raised."""
         while True:
-            if stream.failure is not None:
-                raise stream.failure
-            if stream.jobs:  # first, even when over: an app's hang-up must still end the call
-                await stream.jobs.popleft()()
-            elif stream.over:
+            if worker.failure is not None:
+                raise worker.failure
+            if worker.jobs:  # first, even when over: an app's hang-up must still end the call
+                await worker.jobs.popleft()()
+            elif worker.over:
                 return
             else:
-                stream.wake = trio.Event()
-                await stream.wake.wait()
+                worker.wake = trio.Event()
+                await worker.wake.wait()
 
-    def _later(self, stream: _Stream, job: Job) -> None:
-        stream.jobs.append(job)
-        stream.wake.set()
+    def _later(self, worker: _Worker, job: Job) -> None:
+        worker.jobs.append(job)
+        worker.wake.set()
 
-    def _over(self, stream: _Stream) -> None:
-        """The stream ends: its task runs the jobs asked for until then (and any that what is
-        already read asks for), then closes both sides."""
-        stream.over = True
-        stream.wake.set()
+    def _over(self, worker: _Worker) -> None:
+        """The stream (or bridge) ends: its task runs the jobs asked for until then (and any
+        that what is already read asks for), then closes it."""
+        worker.over = True
+        worker.wake.set()
 
     # -- from the carrier ------------------------------------------------------------------
 
@@ -576,9 +666,14 @@ class MediaStreams:
 
     # -- from the app ----------------------------------------------------------------------
 
-    def _from_bridge(self, stream: _Stream, batch: list[Message]) -> None:
-        """App → carrier: one batch of the app's messages. A hang-up, audio that is not whole
-        samples, or the bridge's close end the call (a job of the stream's task)."""
+    def _from_bridge(self, bridge: _Bridge, batch: list[Message]) -> None:
+        """App → carrier: one batch of the app's messages, to the bridge's stream of the
+        moment. A hang-up, audio that is not whole samples, or the bridge's close end the call
+        (a job of the bridge's task)."""
+        stream = bridge.stream
+        if stream is None:
+            self._between_streams(bridge, batch)
+            return
         assert stream.started is not None
         stream_id, media = stream.started.stream_id, stream.protocol.media
         send, convert = stream.carrier_ws.send_text, stream.to_carrier
@@ -588,19 +683,19 @@ class MediaStreams:
                 # audio before a clear is dropped here: the carrier would drop it anyway
                 frames = sum(1 for _, is_text in batch[:cleared] if not is_text)
                 for data, is_text in batch[:cleared]:
-                    if is_text and not self._app_command(stream, data):
+                    if is_text and not self._app_command(bridge, stream, data):
                         return
                 batch = batch[cleared:]
             for data, is_text in batch:
                 if is_text:
-                    if not self._app_command(stream, data):
+                    if not self._app_command(bridge, stream, data):
                         return
                     continue
                 frames += 1
                 try:
                     audio = data if convert is None else convert(data)
                 except ValueError as error:
-                    self._bad_audio(stream, str(error))
+                    self._bad_audio(bridge, str(error))
                     return
                 try:
                     if not send(media(stream_id, audio)):
@@ -613,6 +708,21 @@ class MediaStreams:
             if dropped or stream.frames_out - stream.counted[1] >= FLUSH_EVERY:
                 self._count(stream)
 
+    def _between_streams(self, bridge: _Bridge, batch: list[Message]) -> None:
+        """The app's messages while its call has no stream: its audio has no carrier to go to
+        (dropped, counted), its marks and clears nothing to act on; a hang-up still counts."""
+        audio = 0
+        try:
+            for data, is_text in batch:
+                if not is_text:
+                    audio += 1
+                elif not self._app_command(bridge, None, data):
+                    return
+        finally:
+            if audio:
+                self.metrics.media_frames.inc(audio, direction="out")
+                self.metrics.media_dropped.inc(audio, direction="out")
+
     def _to_carrier(self, stream: _Stream, message: bytes) -> None:
         """A message the carrier must get (a mark, a clear), behind the audio that waits:
         never dropped for audio's sake."""
@@ -622,11 +732,18 @@ class MediaStreams:
         except ConnectionClosed:
             stream.dropped_out += 1
 
-    def _app_command(self, stream: _Stream, data: bytes) -> bool:
-        """One text message from the app; False when the app hung up."""
-        assert stream.call is not None and stream.started is not None
+    def _app_command(self, bridge: _Bridge, stream: _Stream | None, data: bytes) -> bool:
+        """One text message from the app (``stream`` is the bridge's, if it has one now);
+        False when the app hung up."""
         command = _command(data)
         kind = command.get("type")
+        if kind == "hangup":
+            hangup = partial(self._end_call_now, bridge, EndReason.HANGUP_BOT)
+            self._end_call(bridge, "the application hung up", hangup)
+            return False
+        if stream is None:
+            return True
+        assert stream.started is not None
         stream_id, protocol = stream.started.stream_id, stream.protocol
         if kind == "clear":
             # barge-in: the audio still waiting for the carrier must not play either
@@ -634,64 +751,65 @@ class MediaStreams:
             self._to_carrier(stream, protocol.clear(stream_id))
         elif kind == "mark" and _mark_name(command.get("name")):
             self._to_carrier(stream, protocol.mark(stream_id, command["name"]))
-        elif kind == "hangup":
-            stream.ending("the application hung up")
-            self._bridge_done(
-                stream, partial(self.manager.end_call, stream.call.id, EndReason.HANGUP_BOT)
-            )
-            return False
         return True
 
-    def _bad_audio(self, stream: _Stream, why: str) -> None:
-        assert stream.call is not None
+    def _bad_audio(self, bridge: _Bridge, why: str) -> None:
         log.warning(
             "bridge sent audio that is not whole samples; ending the call",
-            extra={"call_id": stream.call.id, "error": why},
+            extra={"call_id": bridge.call.id, "error": why},
         )
-        stream.ending("bridge sent invalid audio")
-        self._bridge_done(stream, partial(self._refuse_bad_audio, stream))
+        self._end_call(bridge, "bridge sent invalid audio", partial(self._refuse_audio, bridge))
 
-    async def _refuse_bad_audio(self, stream: _Stream) -> None:
-        assert stream.call is not None and stream.bridge is not None
-        await stream.bridge.close(CloseCode.INVALID_DATA, "audio must be whole samples")
-        await self.manager.end_call(stream.call.id, EndReason.ERROR)
+    async def _refuse_audio(self, bridge: _Bridge) -> None:
+        await bridge.ws.close(CloseCode.INVALID_DATA, "audio must be whole samples")
+        await self._end_call_now(bridge, EndReason.ERROR)
 
-    def _bridge_ended(self, stream: _Stream, end: ConnectionClosed | Exception) -> None:
-        assert stream.call is not None
+    def _bridge_ended(self, bridge: _Bridge, end: ConnectionClosed | Exception) -> None:
         if not isinstance(end, ConnectionClosed):
-            self._fail(stream, end)
+            self._fail(bridge, end)
             return
         log.warning(
             "bridge closed; ending the call",
-            extra={"call_id": stream.call.id, "code": end.code, "reason": end.reason},
+            extra={"call_id": bridge.call.id, "code": end.code, "reason": end.reason},
         )
-        stream.ending("bridge closed")
-        self._later(stream, partial(self.manager.end_call, stream.call.id, EndReason.ERROR))
+        self._end_call(
+            bridge, "bridge closed", partial(self._end_call_now, bridge, EndReason.ERROR)
+        )
 
-    def _bridge_done(self, stream: _Stream, job: Job) -> None:
-        """Read the app no more, and have the stream's task do ``job`` (end the call)."""
-        assert stream.bridge is not None
-        stream.bridge.pause()
-        self._later(stream, job)
+    def _end_call(self, bridge: _Bridge, why: str, job: Job) -> None:
+        """Read the app no more, and have the bridge's task do ``job`` (end the call): ``why``
+        is what the app and the stream of the moment are told."""
+        bridge.ending(why)
+        if bridge.stream is not None:
+            bridge.stream.ending(why)
+        bridge.ws.pause()
+        self._later(bridge, job)
 
-    def _fail(self, stream: _Stream, error: Exception) -> None:
-        """A callback raised (a bug): the stream's task raises it, as a loop of its own would
-        (the first one, if both sides failed: what followed may be its consequence)."""
-        if stream.failure is None:
-            stream.failure = error
-        stream.wake.set()
+    async def _end_call_now(self, bridge: _Bridge, reason: EndReason) -> None:
+        await self.manager.end_call(bridge.call.id, reason)
+        self._over(bridge)  # the call's end says so too, unless it had ended already
+
+    def _fail(self, worker: _Worker, error: Exception) -> None:
+        """A callback raised (a bug): the stream's (or bridge's) task raises it, as a loop of
+        its own would (the first one: what followed may be its consequence)."""
+        if worker.failure is None:
+            worker.failure = error
+        worker.wake.set()
 
     # -- the end of a stream -----------------------------------------------------------------
 
     async def _finish(self, stream: _Stream) -> None:
-        """After a stream (shielded): tell the app ``stop``, count the stream, let the manager
-        start the grace period, then close both websockets and record the end, side by side."""
+        """After a stream (shielded): leave the bridge (which goes on with the call), count
+        the stream, let the manager start the grace period, then close the carrier's websocket
+        and record the end, side by side."""
         stream.ending("stream ended")
         reason = stream.stop_reason
-        _to_app(stream, {"type": "stop", "reason": reason})
         self._count(stream)
         call = stream.call
         if call is not None:
+            bridge = self._bridges.get(call.id)
+            if bridge is not None and bridge.stream is stream:
+                bridge.stream = None
             if self._current.get(call.id) is stream:
                 del self._current[call.id]
                 if stream.starts_grace:
@@ -707,10 +825,29 @@ class MediaStreams:
             )
         async with trio.open_nursery() as nursery:
             nursery.start_soon(stream.carrier_ws.close, stream.close_code, reason[:120])
-            if stream.bridge is not None:
-                nursery.start_soon(stream.bridge.close)
             if call is not None:
                 nursery.start_soon(self._record_end, call.id, reason)
+
+    async def _finish_bridge(self, bridge: _Bridge) -> None:
+        """After a bridge (shielded): detach it from its stream, if it still has one (whose
+        later audio then goes nowhere), tell the app ``stop`` and close."""
+        bridge.ending("the call's media ended")
+        if self._bridges.get(bridge.call.id) is bridge:
+            del self._bridges[bridge.call.id]
+        if bridge.stream is not None:
+            bridge.stream.bridge = None
+            bridge.stream = None
+        bridge.ws.pause()
+        self._tell_app(bridge.ws, {"type": "stop", "reason": bridge.stop_reason})
+        await bridge.ws.close(bridge.close_code, bridge.stop_reason[:120])
+        self._changed.set()
+        log.info("bridge closed", extra={"call_id": bridge.call.id, "reason": bridge.stop_reason})
+
+    def _tell_app(self, ws: WebSocket, message: dict[str, Any]) -> None:
+        """``start`` or ``stop``, which the app must get: as :func:`_to_app` sends the rest."""
+        with contextlib.suppress(ConnectionClosed):  # the bridge's own callback tells its end
+            if not ws.send_text(orjson.dumps(message), droppable=False):
+                self.metrics.media_dropped.inc(direction="in")
 
     async def _record_end(self, call_id: str, reason: str) -> None:
         try:
@@ -737,25 +874,34 @@ class MediaStreams:
     # -- endings from elsewhere ----------------------------------------------------------------
 
     def _call_ended(self, call: Call) -> None:
+        why = f"call ended ({call.end_reason})"
         stream = self._current.get(call.id)
         if stream is not None:
-            stream.ending(f"call ended ({call.end_reason})")
+            stream.ending(why)
             stream.scope.cancel()
+        bridge = self._bridges.get(call.id)
+        if bridge is not None:
+            bridge.ending(why)
+            self._over(bridge)
 
     async def drain(self, timeout: float) -> None:
-        """SIGTERM: let streams run up to ``timeout`` seconds, then close them with 1001.
+        """SIGTERM: let streams and bridges run up to ``timeout`` seconds, then close them
+        with 1001.
 
         The calls go on: shutting down is not their streams going away.
         """
         with trio.move_on_after(timeout):
-            while self._open:
+            while self._open or self._bridges:
                 self._changed = trio.Event()
                 await self._changed.wait()
         self._shutting_down = True
         for stream in list(self._open):
             _going_away(stream)
             stream.scope.cancel()
-        while self._open:
+        for bridge in list(self._bridges.values()):
+            bridge.ending("voicecalld is shutting down", CloseCode.GOING_AWAY)
+            bridge.scope.cancel()
+        while self._open or self._bridges:
             self._changed = trio.Event()
             await self._changed.wait()
 
@@ -763,6 +909,12 @@ class MediaStreams:
 def _going_away(stream: _Stream) -> None:
     stream.ending("voicecalld is shutting down", CloseCode.GOING_AWAY)
     stream.starts_grace = False
+
+
+def _attach(bridge: _Bridge, stream: _Stream) -> None:
+    """From now on the app hears ``stream`` and is played to it (its transcoders are set)."""
+    stream.bridge = bridge.ws
+    bridge.stream = stream
 
 
 def _refusal(refused: HandshakeError | _Refused) -> tuple[int, str]:
@@ -803,8 +955,8 @@ def _mark_name(name: object) -> bool:
 
 
 def _to_app(stream: _Stream, message: dict[str, Any]) -> None:
-    """A message the app must get (``start``, a digit, a mark, ``stop``), if the stream has a
-    bridge and it is still open: behind the audio that waits, never dropped for its sake."""
+    """A message the app must get (a digit, a mark), if the stream is attached to a bridge
+    still open: behind the audio that waits, never dropped for its sake."""
     if stream.bridge is not None:
         with contextlib.suppress(ConnectionClosed):  # the bridge's own callback tells its end
             if not stream.bridge.send_text(orjson.dumps(message), droppable=False):
