@@ -167,22 +167,29 @@ async def test_a_failed_dial_ends_failed_and_frees_the_slot(
         await r.manager.place("+15551234567", provider="mock")
 
 
+async def dialing(r: Rig, nursery: trio.Nursery) -> tuple[str, list[Call], trio.Event]:
+    """A call being placed, its dial held at the carrier: its id, the list ``place()``'s
+    answer lands in, and the event that lets the dial return."""
+    gate = r.carrier.dial_gate = trio.Event()
+    placed: list[Call] = []
+
+    async def place() -> None:
+        placed.append(await r.manager.place("+15551234567", provider="mock"))
+
+    nursery.start_soon(place)
+    await trio.sleep(0.1)
+    (call_id,) = r.manager.calls
+    return call_id, placed, gate
+
+
 async def test_a_call_ended_while_dialing_is_hung_up_once_dialed(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
     async with rig(tmp_path) as r, trio.open_nursery() as nursery:
-        r.carrier.dial_gate = trio.Event()
-        placed: list[Call] = []
-
-        async def place() -> None:
-            placed.append(await r.manager.place("+15551234567", provider="mock"))
-
-        nursery.start_soon(place)
-        await trio.sleep(0.1)
-        (call_id,) = r.manager.calls
+        call_id, placed, gate = await dialing(r, nursery)
         ended = await r.manager.hangup(call_id)
         assert ended.end_reason is EndReason.HANGUP_BOT
-        r.carrier.dial_gate.set()
+        gate.set()
         await trio.sleep(1)
         assert placed[0].provider_call_id is not None
         assert r.carrier.hangups == [call_id]
@@ -198,20 +205,12 @@ async def test_a_dial_returning_during_a_slow_end_write_leaves_the_call_ended(
     # store has the call's older row, and writing that back (with the carrier's id, to owe the
     # hang-up) would revive the call in the store.
     async with rig(tmp_path) as r, trio.open_nursery() as nursery:
-        r.carrier.dial_gate = trio.Event()
-        placed: list[Call] = []
-
-        async def place() -> None:
-            placed.append(await r.manager.place("+15551234567", provider="mock"))
-
-        nursery.start_soon(place)
-        await trio.sleep(0.1)
-        (call_id,) = r.manager.calls
+        call_id, placed, gate = await dialing(r, nursery)
         await r.store.commits.acquire()
         nursery.start_soon(r.manager.hangup, call_id)
         await trio.sleep(0.1)
         assert call_id not in r.manager.calls, "ended in memory"
-        r.carrier.dial_gate.set()
+        gate.set()
         await trio.sleep(0.1)
         r.store.commits.release()
         await trio.sleep(1)
