@@ -3,7 +3,9 @@ and the failure that stopped it, instead of the test waiting out a timeout."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -43,10 +45,50 @@ async def test_a_daemon_never_ready_in_time_is_reported_with_its_last_failure(
     faults.arm("state-dir")
     config = make_config(tmp_path, runtime={"restart_budget": 1000, "restart_window": 1.0})
     with pytest.raises(DaemonNotReady) as caught:
-        await start(config, faults)
+        async with running(config, faults=faults, ready_timeout=0.5):
+            raise AssertionError("the daemon was not expected to be ready")
     assert caught.value.exit_code is None, "still retrying when the harness gave up"
-    assert "not ready after 60 s" in str(caught.value)
+    assert "not ready after 0.5 s" in str(caught.value)
     assert "injected fault at state-dir" in str(caught.value)
+
+
+class SlowDisk(Faults):
+    """Start-up waits on a thread for real time at the store step, as a loaded disk makes it."""
+
+    async def trip(self, step: str) -> None:
+        if step == "store":
+            await trio.to_thread.run_sync(time.sleep, 0.3)
+        await super().trip(step)
+
+
+async def test_a_slow_start_up_on_an_autojump_clock_is_waited_for(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    # The readiness limit once lived on Trio's clock: while start-up waited on a thread, the
+    # autojump went straight to it and a healthy daemon was reported as not ready.
+    async with running(make_config(tmp_path), faults=SlowDisk()) as daemon:
+        assert daemon.supervisor.failures == 0
+        assert daemon.supervisor.ready.is_set()
+
+
+async def test_the_api_client_outlasts_a_slow_answer_on_an_autojump_clock(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    # No reaper tick to jump to first: the client's own timeout is Trio's next deadline.
+    config = make_config(tmp_path, calls={"reaper_interval": 3600.0})
+    async with running(config) as daemon:
+        manager = daemon.runtime.manager
+        assert manager is not None
+        store = manager.store
+        write = store.write
+
+        async def slow_write(*args: Any, **kwargs: Any) -> Any:
+            await trio.to_thread.run_sync(time.sleep, 0.3)
+            return await write(*args, **kwargs)
+
+        store.write = slow_write  # type: ignore[method-assign]
+        answer = await daemon.api.post("/v1/calls", json={"to": "+15551234567"})
+        assert answer.status_code == 201
 
 
 async def test_wait_ready_reports_a_daemon_that_gave_up(

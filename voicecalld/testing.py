@@ -15,8 +15,9 @@ in-process, waits until ready, and yields a :class:`Daemon` with the base URL, a
 and hold start-up steps. On exit the daemon is stopped gracefully and nothing is left behind: no
 bound port, no thread, no file lock. It reads no environment (no ``LISTEN_FDS``, no
 ``NOTIFY_SOCKET``) unless given one. A daemon that exits before it is ready (its state dir
-locked, its restart budget spent) or is not ready within a minute raises :class:`DaemonNotReady`
-naming the exit code and the failure, rather than leaving the test to time out.
+locked, its restart budget spent) or is not ready within a wall-clock minute raises
+:class:`DaemonNotReady` naming the exit code and the failure, rather than leaving the test to
+time out.
 
 :func:`simulated` (and the ``voicecalld_sim`` pytest fixture, loaded with ``pytest_plugins =
 ["voicecalld.testing"]``) runs the daemon with Twilio, Plivo and Telnyx played by the carrier
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import random
 import socket
+import threading
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -37,6 +39,7 @@ import attrs
 import httpx
 import pytest
 import trio
+import trio.testing
 
 from voicecalld import config as configuration
 from voicecalld import statedir
@@ -82,7 +85,13 @@ def make_config(
 
 
 READY_TIMEOUT = 60.0
-"""Seconds :func:`running` waits for the daemon to be ready."""
+"""Wall-clock seconds :func:`running` waits for the daemon to be ready.
+
+Wall-clock, not Trio's: on an autojump clock every wait on a thread or a socket longer than the
+threshold (an SQLite open on a loaded machine) would jump Trio's clock straight to this limit.
+"""
+API_TIMEOUT = 30.0
+"""Seconds the harness's API client waits for an answer, on a real clock (see :func:`running`)."""
 
 
 class DaemonNotReady(Exception):
@@ -167,12 +176,16 @@ async def running(
     notifier: Notifier | None = None,
     environ: Mapping[str, str] | None = None,
     backoff: Backoff | None = None,
+    ready_timeout: float = READY_TIMEOUT,
 ) -> AsyncIterator[Daemon]:
     """Run the daemon in the caller's nursery; yields once it is ready (unless ``wait_ready``
     is false: then call :meth:`Daemon.wait_ready` yourself, e.g. after clearing a fault).
 
     Raises :class:`DaemonNotReady` (after stopping the daemon) if it exits before it is ready
-    or is not ready within :data:`READY_TIMEOUT` seconds.
+    or is not ready within ``ready_timeout`` wall-clock seconds. On a
+    :class:`trio.testing.MockClock` the API client has no timeout of its own, for the same
+    reason (an autojump would fire it while the daemon waits on a thread); bound such a test
+    with pytest-timeout instead.
     """
     faults = faults or Faults()
     supervisor = Supervisor(
@@ -185,7 +198,9 @@ async def running(
     token = statedir.read_api_token(config.state_dir, config.api.token)
     not_ready: DaemonNotReady | None = None
     async with (
-        httpx.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=30.0) as api,
+        httpx.AsyncClient(
+            headers={"Authorization": f"Bearer {token}"}, timeout=_api_timeout()
+        ) as api,
         trio.open_nursery() as nursery,
     ):
         daemon = Daemon(supervisor, faults, api)
@@ -199,7 +214,7 @@ async def running(
         nursery.start_soon(supervise)
         try:
             if wait_ready:
-                not_ready = await _until_ready(daemon)
+                not_ready = await _until_ready(daemon, ready_timeout)
                 if not token:  # the daemon made one in the state dir on its first start
                     api.headers["Authorization"] = "Bearer " + statedir.read_api_token(
                         config.state_dir, ""
@@ -214,21 +229,41 @@ async def running(
         raise not_ready
 
 
-async def _until_ready(daemon: Daemon) -> DaemonNotReady | None:
-    """None once ``daemon`` is ready, else why it is not (exited, or not ready in time)."""
-    with trio.move_on_after(READY_TIMEOUT):
+async def _until_ready(daemon: Daemon, limit: float) -> DaemonNotReady | None:
+    """None once ``daemon`` is ready, else why it is not (exited, or not ready in ``limit``
+    wall-clock seconds: a thread keeps the time, so Trio's clock, maybe mocked, is not used)."""
+    done = threading.Event()
+    exited: DaemonNotReady | None = None
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_cancel_after_wall_clock, done, limit, nursery.cancel_scope)
         try:
             await daemon.wait_ready()
         except DaemonNotReady as error:
-            return error
-        return None
+            exited = error
+        finally:
+            done.set()
+    if not nursery.cancel_scope.cancelled_caught:
+        return exited
     supervisor = daemon.supervisor
     return DaemonNotReady(
-        f"the daemon was not ready after {READY_TIMEOUT:g} s ({supervisor.failures} failed "
+        f"the daemon was not ready after {limit:g} s ({supervisor.failures} failed "
         f"attempts; the last: {supervisor.last_failure or 'none'})",
         None,
         supervisor.last_failure,
     )
+
+
+async def _cancel_after_wall_clock(
+    done: threading.Event, limit: float, scope: trio.CancelScope
+) -> None:
+    if not await trio.to_thread.run_sync(done.wait, limit, abandon_on_cancel=True):
+        scope.cancel()
+
+
+def _api_timeout() -> float | None:
+    """:data:`API_TIMEOUT`, or none on a mock clock (its jumps would fire it; see running)."""
+    mocked = isinstance(trio.lowlevel.current_clock(), trio.testing.MockClock)
+    return None if mocked else API_TIMEOUT
 
 
 # -- the carrier simulator beside the daemon ---------------------------------------------------
