@@ -325,6 +325,40 @@ async def test_an_oversized_answer_is_refused() -> None:
     assert "larger than" in str(raised.value)
 
 
+async def test_an_oversized_answer_over_real_http_is_cut_off() -> None:
+    # Stopping early leaves httpx's and httpcore's stream generators unexhausted; Trio warns
+    # when they are collected (encode/httpx#3686), which pyproject's filterwarnings lets by.
+    hung_up = trio.Event()
+
+    async def answer(stream: trio.SocketStream) -> None:
+        request = b""
+        while b"\r\n\r\n" not in request:
+            request += await stream.receive_some(65536)
+        head = f"HTTP/1.1 200 OK\r\nContent-Length: {8 * MAX_BODY}\r\n\r\n".encode()
+        try:
+            await stream.send_all(head + b"x" * (2 * MAX_BODY))
+            while await stream.receive_some(65536):
+                pass
+        except trio.BrokenResourceError:
+            pass  # reset: the client closed with our bytes unread
+        hung_up.set()
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(trio.serve_tcp, answer, 0)
+        port = listeners[0].socket.getsockname()[1]
+        async with httpx.AsyncClient() as client:
+            rest = RestClient(
+                "plivo", client, f"http://127.0.0.1:{port}", authorization="A", secrets=[]
+            )
+            with pytest.raises(CarrierError) as raised:
+                await rest.request("GET", "/v1/Account/MA1/Call/", idempotent=True)
+        with trio.fail_after(10):
+            await hung_up.wait()  # the rest of the body is not read: the connection is dropped
+        nursery.cancel_scope.cancel()
+    assert raised.value.retryable is False
+    assert "larger than" in str(raised.value)
+
+
 async def test_bodies_are_encoded_as_the_carriers_expect() -> None:
     seen: list[httpx.Request] = []
 
