@@ -104,19 +104,16 @@ def test_a_second_daemon_on_the_same_state_dir_fails_fast(tmp_path: Path, stack:
         assert httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200
 
 
-def test_a_second_daemon_on_the_same_port_gives_up_and_leaves_the_first(
-    tmp_path: Path, stack: ExitStack
-) -> None:
+def test_a_second_daemon_on_the_same_port_fails_fast(tmp_path: Path, stack: ExitStack) -> None:
     port = free_port()
     first_config = write_config(tmp_path / "first.toml", tmp_path / "one", port)
-    second_config = write_config(
-        tmp_path / "second.toml", tmp_path / "two", port, "[runtime]\nrestart_budget = 2\n"
-    )
+    second_config = write_config(tmp_path / "second.toml", tmp_path / "two", port)
     with daemon(first_config) as first:
         first.wait_ready(port)
         second = stack.enter_context(daemon(second_config))
-        assert second.wait(timeout=30) == 69
-        assert "already in use" in second.output()
+        assert second.wait(timeout=20) == 69
+        assert f"127.0.0.1:{port} is served by another voicecalld" in second.output()
+        assert "restarting" not in second.output()
         assert httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200
 
 

@@ -15,18 +15,34 @@ import socket
 from collections.abc import Mapping
 
 import attrs
+import httpx
 
 from voicecalld import systemd
 
-__all__ = ["Listener", "PortInUse", "open_listeners"]
+__all__ = [
+    "Listener",
+    "PortHeldByVoicecalld",
+    "PortInUse",
+    "open_listeners",
+    "served_by_voicecalld",
+]
 
 log = logging.getLogger("voicecalld.listeners")
 
 BACKLOG = 1024
 
 
+PROBE_TIMEOUT = 1.0
+"""Seconds to wait for whatever holds our port to say, on ``/healthz``, whether it is voicecalld."""
+
+
 class PortInUse(OSError):
-    """The address is taken, by another voicecalld or anything else: retried with backoff."""
+    """The address is taken by something that is not a serving voicecalld (maybe one restarting):
+    retried with backoff."""
+
+
+class PortHeldByVoicecalld(Exception):
+    """Another voicecalld serves on our address: not retried, as for a locked state dir."""
 
 
 @attrs.frozen
@@ -73,3 +89,30 @@ def bind_tcp(host: str, port: int) -> socket.socket:
             raise PortInUse(error.errno, f"{host}:{port} is already in use") from None
         raise
     return sock
+
+
+async def served_by_voicecalld(host: str, port: int) -> bool:
+    """Whether a voicecalld answers ``/healthz`` on ``host:port``, over HTTP or HTTPS.
+
+    Asked only once binding failed, to tell a second daemon on one port (refused at once, SPEC
+    §3) from a port that may come free (a first daemon restarting, some other program).
+    """
+    if host in ("", "0.0.0.0"):  # noqa: S104 (the wildcard we bound: ask loopback instead)
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    # unverified: nothing is sent but a GET, and the answer only names the service
+    async with httpx.AsyncClient(
+        verify=False,  # noqa: S501
+        trust_env=False,
+        timeout=PROBE_TIMEOUT,
+    ) as client:
+        for scheme in ("http", "https"):
+            try:  # httpx's own timeouts, not a cancel scope: they close the socket they time out
+                answer = await client.get(f"{scheme}://{netloc}/healthz")
+                if answer.json().get("service") == "voicecalld":
+                    return True
+            except (httpx.HTTPError, ValueError, AttributeError):
+                pass  # not HTTP(S), not JSON, not an object: not voicecalld
+    return False

@@ -218,7 +218,14 @@ class Runtime:
         """Own the listening sockets: closed here, whatever ends the runtime."""
         try:
             server = self.config.server
-            self.listeners = listening.open_listeners(server.bind, server.port, self.environ)
+            try:
+                self.listeners = listening.open_listeners(server.bind, server.port, self.environ)
+            except listening.PortInUse:
+                if await listening.served_by_voicecalld(server.bind, server.port):
+                    raise listening.PortHeldByVoicecalld(
+                        f"{server.bind}:{server.port} is served by another voicecalld"
+                    ) from None
+                raise
             self.addresses = [listener.address for listener in self.listeners]
             self._record_address()
             task_status.started()

@@ -5,7 +5,9 @@
   :class:`~voicecalld.runtime.Runtime` from the current config.
 - ``runtime.restart_budget`` failures within ``runtime.restart_window`` seconds: give up, exit 69
   (EX_UNAVAILABLE), and leave the rest to systemd.
-- Another daemon holding the state dir: exit 69 at once; waiting for it would not help. A config
+- Another daemon holding the state dir, or serving on our port: exit 69 at once; waiting for it
+  would not help. A port taken by anything else (a first daemon between two attempts, another
+  program) is a start-up failure like any other: retried, then exit 69. A config
   that stopped working after it was checked (a TLS file gone) or sockets systemd passed that
   cannot be served on: exit 78 at once.
 - ``trio.Cancelled`` is never a failure (it is how we stop), and a start-up failure always
@@ -37,6 +39,7 @@ from voicecalld import config as configuration
 from voicecalld import log as logs
 from voicecalld import systemd
 from voicecalld.config import Config, ConfigError
+from voicecalld.listeners import PortHeldByVoicecalld
 from voicecalld.metrics import Metrics
 from voicecalld.runtime import Faults, Runtime, StartupError
 from voicecalld.statedir import StateDirLocked
@@ -177,7 +180,7 @@ class Supervisor:
                 )
             causes = [error.cause for error in errors]
             self.last_failure = str(errors[0])
-            if any(isinstance(cause, StateDirLocked) for cause in causes):
+            if any(isinstance(cause, StateDirLocked | PortHeldByVoicecalld) for cause in causes):
                 failure = EX_UNAVAILABLE
             elif any(
                 isinstance(cause, systemd.SocketActivationError | ConfigError) for cause in causes

@@ -190,7 +190,7 @@ async def test_the_first_request_that_is_not_a_plain_webhook_goes_to_hypercorn(
         assert (await carrier.response())[0].status_code == 200
         await carrier.send(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         response, body = await carrier.response()
-        assert (response.status_code, body) == (200, b'{"status":"ok"}')
+        assert (response.status_code, body) == (200, b'{"status":"ok","service":"voicecalld"}')
 
         params = inbound(CallStatus="completed")
         plain = twilio_request(rig, params)

@@ -41,7 +41,8 @@ class Readiness:
 
 def routes(readiness: Readiness, metrics: Metrics) -> list[Route]:
     async def healthz(_request: Request, _params: dict[str, str]) -> Response:
-        return json(200, {"status": "ok"})
+        # "service" lets a second daemon that finds this port taken know it is ours (listeners)
+        return json(200, {"status": "ok", "service": "voicecalld"})
 
     async def readyz(_request: Request, _params: dict[str, str]) -> Response:
         status = 200 if readiness.ready else 503
