@@ -40,6 +40,7 @@ class NotifySocket:
         self.sock.bind(self.path)
         self.sock.settimeout(0.05)
         self.messages: list[dict[str, str]] = []
+        self._idle = 0  # reads that found nothing waiting
         self._closed = threading.Event()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -49,6 +50,7 @@ class NotifySocket:
             try:
                 data = self.sock.recv(4096)
             except (TimeoutError, BlockingIOError):
+                self._idle += 1
                 continue
             except OSError:
                 return
@@ -64,6 +66,15 @@ class NotifySocket:
                     return message
             time.sleep(0.02)
         raise AssertionError(f"no {key}={value} in {self.messages}")
+
+    def settle(self) -> list[dict[str, str]]:
+        """Every message sent so far: returns once the reader has found the socket empty (call
+        it after the sender is gone)."""
+        idle = self._idle
+        deadline = time.monotonic() + 20.0
+        while self._idle < idle + 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return list(self.messages)
 
     def close(self) -> None:
         self._closed.set()

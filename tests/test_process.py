@@ -87,6 +87,7 @@ def test_sighup_and_sigterm_with_sd_notify(tmp_path: Path, notify: NotifySocket)
         process.signal(signal.SIGTERM)
         assert process.wait() == 0
         notify.wait_for("STOPPING", "1")
+        assert [m for m in notify.settle() if "STOPPING" in m] == [{"STOPPING": "1"}]
         assert refused(new_port)
 
 

@@ -104,6 +104,14 @@ def test_each_notification(
     assert manager.received() == [expected]
 
 
+def test_stopping_is_announced_once(manager: FakeManager) -> None:
+    notifier = manager.notifier()
+    notifier.stopping()
+    notifier.stopping()
+    notifier.stopping("stopped")
+    assert manager.received() == [b"STOPPING=1", b"STATUS=stopped"]
+
+
 def test_reloading_carries_the_monotonic_time_of_the_reload(manager: FakeManager) -> None:
     before = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
     manager.notifier().reloading("reloading /etc/voicecalld/voicecalld.toml")

@@ -87,6 +87,7 @@ class Notifier:
         socket name, or None for a notifier that sends nothing."""
         self._address = None if address is None else _unix_address(address)
         self._reported_failure = False
+        self._stopping = False
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> Notifier:
@@ -118,7 +119,16 @@ class Notifier:
         self.notify(WATCHDOG=1)
 
     def stopping(self, status: str | None = None) -> None:
-        """``STOPPING=1``: shutdown (draining) has begun."""
+        """``STOPPING=1``: shutdown (draining) has begun.
+
+        Sent once: a draining runtime and the ending process both announce it, and the second
+        would say nothing new (its status, if any, still goes out).
+        """
+        if self._stopping:
+            if status is not None:
+                self.status(status)
+            return
+        self._stopping = True
         self.notify(STOPPING=1, **_status(status))
 
     def reloading(self, status: str | None = None) -> None:
