@@ -3,6 +3,7 @@ and the failure that stopped it, instead of the test waiting out a timeout."""
 
 from __future__ import annotations
 
+import random
 import time
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from voicecalld import statedir
 from voicecalld.config import Config
 from voicecalld.runtime import Faults
 from voicecalld.supervisor import Backoff
-from voicecalld.testing import DaemonNotReady, make_config, running
+from voicecalld.testing import DaemonNotReady, free_port, make_config, running
 
 
 async def start(config: Config, faults: Faults | None = None) -> None:
@@ -102,3 +103,17 @@ async def test_wait_ready_reports_a_daemon_that_gave_up(
             config, faults=faults, wait_ready=False, backoff=Backoff(base=1.0, cap=1.0)
         ) as daemon:
             await daemon.wait_ready()
+
+
+def test_free_ports_do_not_follow_the_seeded_random_module() -> None:
+    # Hypothesis seeds `random` alike for every example, so every test process drew the same
+    # ports in the same order and, with three suites at once, ran out of them.
+    state = random.getstate()
+    drawn = set()
+    try:
+        for _ in range(5):
+            random.seed(0)
+            drawn.add(free_port())
+    finally:
+        random.setstate(state)
+    assert len(drawn) > 1

@@ -401,6 +401,9 @@ def _merged(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     return merged
 
 
+_PORTS = random.SystemRandom()
+
+
 def free_port() -> int:
     """A port free on loopback now, for a server whose address must be known before it starts
     (a daemon's ``public_url``).
@@ -408,11 +411,16 @@ def free_port() -> int:
     Drawn below the kernel's ephemeral range: a port from that range (what binding port 0
     gives) can be handed to any socket that binds port 0 meanwhile (another test's server, a
     client's connection) before our server binds it, and the daemon then fails to start.
+    Drawn from the system's randomness, not :mod:`random`'s, which Hypothesis seeds the same
+    for every example: every test process would try the same ports in the same order. Tried
+    with ``SO_REUSEADDR``, as the daemon binds: a port whose old connections linger in
+    TIME_WAIT is free for it.
     """
     low = _ephemeral_low()
     for _ in range(100):
-        port = random.randrange(10_000, low) if low > 10_001 else 0
+        port = _PORTS.randrange(10_000, low) if low > 10_001 else 0
         with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 sock.bind(("127.0.0.1", port))
             except OSError:
