@@ -1,5 +1,6 @@
 """voicecalld.testing: a daemon that cannot become ready is reported at once, with its exit code
-and the failure that stopped it, instead of the test waiting out a timeout."""
+and the failure that stopped it, instead of the test waiting out a timeout; readiness and the
+API client are not fooled by an autojump clock; free_port gives ports a daemon can bind."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import trio.testing
 
 from voicecalld import statedir
 from voicecalld.config import Config
+from voicecalld.listeners import bind_tcp
 from voicecalld.runtime import Faults
 from voicecalld.supervisor import Backoff
 from voicecalld.testing import DaemonNotReady, free_port, make_config, running
@@ -103,6 +105,19 @@ async def test_wait_ready_reports_a_daemon_that_gave_up(
             config, faults=faults, wait_ready=False, backoff=Backoff(base=1.0, cap=1.0)
         ) as daemon:
             await daemon.wait_ready()
+
+
+def test_free_ports_come_from_outside_the_ephemeral_range() -> None:
+    """A port that binding port 0 could hand to another socket before the daemon binds it
+    (another test's server, a client) would make that daemon's start fail now and then."""
+    ranges = Path("/proc/sys/net/ipv4/ip_local_port_range")
+    if not ranges.exists():
+        pytest.skip("Linux tells its ephemeral range in /proc")
+    low, high = map(int, ranges.read_text().split())
+    ports = [free_port() for _ in range(20)]
+    assert all(not low <= port <= high for port in ports), ports
+    for port in ports:
+        bind_tcp("127.0.0.1", port).close()  # as the daemon binds it
 
 
 def test_free_ports_do_not_follow_the_seeded_random_module() -> None:

@@ -296,17 +296,3 @@ async def test_an_empty_token_file_gets_a_new_token_not_an_open_door(
         assert len(token) >= 32
         assert (tmp_path / statedir.TOKEN_NAME).stat().st_mode & 0o777 == 0o600
         assert (await daemon.api.get("/v1/calls")).status_code == 200
-
-
-def test_free_ports_come_from_outside_the_ephemeral_range() -> None:
-    """A port that binding port 0 could hand to another socket before the daemon binds it
-    (another test's server, a client) would make that daemon's start fail now and then."""
-    ranges = Path("/proc/sys/net/ipv4/ip_local_port_range")
-    if not ranges.exists():
-        pytest.skip("Linux tells its ephemeral range in /proc")
-    low, high = map(int, ranges.read_text().split())
-    ports = [free_port() for _ in range(20)]
-    assert all(not low <= port <= high for port in ports), ports
-    for port in ports:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", port))
