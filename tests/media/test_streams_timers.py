@@ -130,7 +130,11 @@ async def test_a_new_stream_supersedes_the_old_one_and_the_call_goes_on(
         assert await bridge.binary(within=math.inf) == b"\x7e" * 160
         assert rig.app.nothing_pending()
         events = [(e["type"], e.get("reason")) for e in await rig.events(call_id, within=math.inf)]
-        assert sorted(events[-3:]) == [  # the old stream's end and the new one's start race
+        # The first three stream events; the old stream's end and the new one's start race.
+        # Later ones are not this test's: on an autojump clock each wait on the store's thread
+        # jumps to the next timer, and a loaded machine can reach one that ends the call.
+        streams = [event for event in events if event[0].startswith("stream.")]
+        assert sorted(streams[:3]) == [
             ("stream.started", None),
             ("stream.started", None),
             ("stream.stopped", "superseded by a new stream"),
