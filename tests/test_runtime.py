@@ -20,6 +20,7 @@ import trio.testing
 
 from tests.support import refused, wait_until
 from voicecalld import statedir
+from voicecalld.listeners import bind_tcp
 from voicecalld.runtime import STEPS, Faults
 from voicecalld.supervisor import Backoff
 from voicecalld.testing import free_port, make_config, running
@@ -251,8 +252,7 @@ async def test_the_harness_leaves_nothing_behind(tmp_path: Path) -> None:
         async with running(config) as daemon:
             assert daemon.port == port
     assert refused(port)
-    with socket.socket() as again:  # the port binds again
-        again.bind(("127.0.0.1", port))
+    bind_tcp("127.0.0.1", port).close()  # the port binds again, as a daemon binds it
     assert _fds() <= fds
     assert threading.active_count() <= threads
     fd = statedir.lock(tmp_path)  # and the state dir's lock is free

@@ -414,7 +414,7 @@ def free_port() -> int:
     Drawn from the system's randomness, not :mod:`random`'s, which Hypothesis seeds the same
     for every example: every test process would try the same ports in the same order. Tried
     with ``SO_REUSEADDR``, as the daemon binds: a port whose old connections linger in
-    TIME_WAIT is free for it.
+    TIME_WAIT is free for it (a socket of your own on it needs ``SO_REUSEADDR`` too).
     """
     low = _ephemeral_low()
     for _ in range(100):
