@@ -82,7 +82,6 @@ async def test_a_reload_while_starting_that_cannot_apply_keeps_the_started_confi
         await hold.reached.wait()
         assert await daemon.reload(make_config(tmp_path, server={"port": taken}))
         with socket.socket() as squatter:  # the new port is taken before the runtime is up
-            squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as free_port tried
             squatter.bind(("127.0.0.1", taken))
             squatter.listen()
             hold.release()

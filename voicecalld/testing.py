@@ -413,14 +413,13 @@ def free_port() -> int:
     client's connection) before our server binds it, and the daemon then fails to start.
     Drawn from the system's randomness, not :mod:`random`'s, which Hypothesis seeds the same
     for every example: every test process would try the same ports in the same order. Tried
-    with ``SO_REUSEADDR``, as the daemon binds: a port whose old connections linger in
-    TIME_WAIT is free for it (a socket of your own on it needs ``SO_REUSEADDR`` too).
+    without ``SO_REUSEADDR``, so a port with old connections in TIME_WAIT is passed over: what
+    it gives, any socket can bind.
     """
     low = _ephemeral_low()
     for _ in range(100):
         port = _PORTS.randrange(10_000, low) if low > 10_001 else 0
         with socket.socket() as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 sock.bind(("127.0.0.1", port))
             except OSError:
