@@ -215,3 +215,24 @@ async def test_clear_drops_the_audio_queued_before_it(tmp_path: Path) -> None:
         dropped = rig.counter("media_dropped", direction="out")
         discarded = said - (clear - 1) - dropped
         assert discarded > DEFAULT_MAX_BUFFER // len(media(FRAME)) // 2
+
+
+async def test_audio_read_with_a_clear_never_reaches_the_carrier(tmp_path: Path) -> None:
+    """What the app said before a ``clear`` and voicecalld read with it (one write, one batch)
+    is dropped before it is sent, though the carrier reads at once: it would only be cleared
+    there. The mark said among it still goes, in its place."""
+    async with media_rig(tmp_path) as rig:
+        call_id, token = await rig.mock_call(SID)
+        start = carrier_message("twilio", "start", {"t0k3n": token})
+        carrier = await rig.carrier_in_one_write("mock", [start])
+        bridge = await rig.app.next()
+        assert (await bridge.json())["type"] == "start"
+        bridge.send_binary(b"\x01" * 160)  # the harness sends these in one write
+        bridge.send_json({"type": "mark", "name": "before"})
+        bridge.send_binary(b"\x02" * 160)
+        bridge.send_json({"type": "clear"})
+        bridge.send_binary(b"\x03" * 160)
+        bridge.send_json({"type": "hangup"})
+        await rig.events(call_id)
+        messages = [played(message) for message in await read_to_the_close(carrier)]
+        assert messages == [("mark", "before"), ("clear", ""), ("media", b"\x03" * 160)]
