@@ -387,6 +387,34 @@ async def test_inbound_policy_and_numbers_by_digits(
         assert len(page) == 2
 
 
+@pytest.mark.parametrize("by_rest", [False, True], ids=["webhook-answer", "rest-hangup"])
+async def test_an_inbound_call_first_seen_ending_is_not_refused(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, by_rest: bool
+) -> None:
+    """Its first webhook says the caller is gone (before or during our answer): the policy
+    has nothing to refuse, so nobody is hung up (by REST, for Telnyx) and the record keeps the
+    carrier's reason, not ``hangup-bot``."""
+    async with rig(tmp_path, inbound_policy="disabled") as r:
+        r.carrier.instructs_by_rest = by_rest
+        answer = await r.manager.on_event(
+            "mock",
+            event(
+                WebhookKind.ENDED,
+                direction=Direction.INBOUND,
+                from_number="+14155550101",
+                end_reason=EndReason.NO_ANSWER,
+            ),
+        )
+        assert answer.reply is Reply.ACK
+        await trio.sleep(60)  # any hang-up owed would be tried by now
+        stored = await r.store.find("mock", "CA" + "9" * 32)
+        assert stored is not None
+        assert (stored.state, stored.end_reason) == (State.ENDED, EndReason.NO_ANSWER)
+        assert "rejected" not in stored.metadata
+        assert "hangup_owed" not in stored.metadata
+        assert r.carrier.hangups == []
+
+
 async def test_inbound_calls_at_capacity_are_refused_busy(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:

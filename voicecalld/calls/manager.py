@@ -474,7 +474,9 @@ class CallManager:
         transition: Transition | None = None
         now = self.now()
 
-        if fresh and call.direction is Direction.INBOUND:
+        # a caller first seen gone (hung up before our answer) leaves nothing to refuse: it is
+        # recorded with the carrier's reason below, and no hang-up is sent for it
+        if fresh and call.direction is Direction.INBOUND and event.kind is not WebhookKind.ENDED:
             rejected = self._inbound_refusal(call)
             if rejected is not None:
                 return await self._reject(call, events, rejected, webhook_key)
