@@ -75,6 +75,8 @@ async def test_a_placed_call_runs_its_whole_lifecycle(
         ({}, "to: required"),
         ({"to": "5551234567"}, "to: expected an E.164 number"),
         ({"to": "+1555", "from": "+1"}, "from: expected an E.164 number"),
+        ({"to": "+15551234567\n"}, "to: expected an E.164 number"),  # `$` let it by
+        ({"to": "+15551234567", "from": "+15550000000\n"}, "from: expected an E.164 number"),
         ({"to": "+15551234567", "colour": "red"}, "colour: unknown field"),
         ({"to": "+15551234567", "mode": "shout"}, "mode: expected notify or conversation"),
         ({"to": "+15551234567", "mode": "notify"}, "message: required in notify mode"),
@@ -182,9 +184,10 @@ async def test_speak_and_dtmf(tmp_path: Path, clock: trio.testing.MockClock) -> 
         assert (
             await daemon.api.post(f"/v1/calls/{call['id']}/dtmf", json={"digits": "12#"})
         ).status_code == 202
-        bad = await daemon.api.post(f"/v1/calls/{call['id']}/dtmf", json={"digits": "12x"})
-        assert bad.status_code == 400
-        assert "digits:" in bad.json()["error"]["message"]
+        for digits in ("12x", "12\n"):
+            bad = await daemon.api.post(f"/v1/calls/{call['id']}/dtmf", json={"digits": digits})
+            assert bad.status_code == 400, digits
+            assert "digits:" in bad.json()["error"]["message"]
         assert (await daemon.api.post(f"/v1/calls/{call['id']}/speak", json={})).status_code == 400
         await daemon.api.post(f"/v1/calls/{call['id']}/hangup")
         ended = await daemon.api.post(f"/v1/calls/{call['id']}/speak", json={"text": "Hello?"})

@@ -33,8 +33,8 @@ from voicecalld.http.health import Readiness
 
 __all__ = ["BadRequest", "authorized", "routes"]
 
-_E164: Final = re.compile(r"^\+[0-9]{2,15}$")
-_DIGITS: Final = re.compile(r"^[0-9*#wW]{1,32}$")
+_E164: Final = re.compile(r"\+[0-9]{2,15}")
+_DIGITS: Final = re.compile(r"[0-9*#wW]{1,32}")
 MAX_TEXT: Final = 4000
 MAX_PAGE: Final = 500
 
@@ -174,7 +174,7 @@ def routes(manager: CallManager, readiness: Readiness, token: str, config: Confi
         data = await body(request)
         _only(data, {"digits"})
         digits = _string(data, "digits", 32)
-        if not _DIGITS.match(digits):
+        if not _DIGITS.fullmatch(digits):
             raise BadRequest("digits: expected 1-32 of 0-9 * # w W")
         return json(202, (await manager.send_dtmf(params["id"], digits)).to_json())
 
@@ -212,6 +212,6 @@ def _e164(data: dict[str, Any], field: str, *, required: bool) -> str:
         if required:
             raise BadRequest(f"{field}: required")
         return ""
-    if not _E164.match(value):
+    if not _E164.fullmatch(value):
         raise BadRequest(f"{field}: expected an E.164 number (+ and 2-15 digits)")
     return value
