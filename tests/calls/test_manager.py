@@ -338,6 +338,38 @@ async def test_only_one_hangup_in_flight_per_call(
         assert r.carrier.hangups == [call.id]
 
 
+async def test_a_carrier_id_already_anothers_fails_the_dial_and_leaves_that_call_alone(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A carrier (or a stub) that answers every dial with one id: the second call fails
+    (the API's 502), ended without that id, nothing hung up by it; it used to be a 500 and a
+    call stuck open that no hang-up could end."""
+    async with rig(tmp_path) as r:
+        first = await r.manager.place("+15551234567", provider="mock")
+        same_id = first.provider_call_id
+        assert same_id is not None
+
+        async def place_again(call: Call) -> str:
+            r.carrier.placed.append(call)
+            return same_id
+
+        r.carrier.place = place_again  # type: ignore[method-assign]
+        with pytest.raises(DialFailed) as failed:
+            await r.manager.place("+15557654321", provider="mock")
+        assert f"already call {first.id}'s" in str(failed.value)
+        second = await r.store.get(failed.value.call.id)
+        assert second is not None
+        assert (second.state, second.end_reason, second.provider_call_id) == (
+            State.ENDED,
+            EndReason.FAILED,
+            None,
+        )
+        assert r.manager.calls[first.id].provider_call_id == same_id
+        assert (await r.store.find("mock", same_id)) == await r.store.get(first.id)
+        await trio.sleep(5)  # a hang-up owed would be tried by now (the ring timeout is 30 s)
+        assert r.carrier.hangups == []
+
+
 async def test_inbound_policy_and_numbers_by_digits(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:

@@ -292,6 +292,20 @@ class CallManager:
             )
             ended = await self.end_call(call.id, EndReason.FAILED, hangup=False)
             raise DialFailed(ended or call, error) from error
+        owner = await self._owner_of(name, provider_call_id)
+        if owner is not None and owner != call.id:
+            # a carrier (or a stub standing in for one) gave an id we know as another call's:
+            # storing it would break the store's uniqueness, and a hang-up by it would end that
+            # other call; so this one fails, and nothing is sent by that id
+            taken = CarrierError(
+                f"{name} returned call id {provider_call_id}, already call {owner}'s",
+                retryable=False,
+            )
+            log.error(
+                "dial failed", extra={"call_id": call.id, "provider": name, "error": str(taken)}
+            )
+            ended = await self.end_call(call.id, EndReason.FAILED, hangup=False)
+            raise DialFailed(ended or self._known(call.id) or call, taken)
         current = self.calls.get(call.id)
         if current is None:  # ended while dialing (API hang-up, timer): the carrier call is owed
             # from memory: the store may still hold the row from before the end (its write
@@ -557,6 +571,14 @@ class CallManager:
                     self.adopt(stored)
                     return self._known(stored.id) or stored
         return None
+
+    async def _owner_of(self, provider: str, provider_call_id: str) -> str | None:
+        """The id of the call the carrier's ``provider_call_id`` is already ours for, if any."""
+        owner = self._by_carrier.get((provider, provider_call_id))
+        if owner is None:
+            stored = await self.store.find(provider, provider_call_id)
+            owner = stored.id if stored is not None else None
+        return owner
 
     def _known(self, call_id: str) -> Call | None:
         """The call as memory has it: live, or recently ended (see :attr:`_recently_ended`)."""
