@@ -89,10 +89,21 @@ def same(value: T) -> Callable[[str], T]:
     return lambda provider: value
 
 
+def not_answered(age: float = 10.0) -> Callable[[str], tuple[float, str]]:
+    """A live call not answered in our records, placed ``age`` s before the restart: its ring
+    timer runs on; but Telnyx cannot say whether it was answered meanwhile, so for Telnyx only
+    max duration (from its creation) bounds it, and the carrier's own ring timeout (given at
+    the dial) ends it if nobody answered."""
+    return lambda provider: (
+        (300.0 - age, "timeout") if provider == "telnyx" else (30.0 - age, "timeout")
+    )
+
+
 def answered_while_down(provider: str) -> tuple[float, str]:
     # Twilio and Plivo say the call was answered: restored answered, its stream (gone with the
-    # old process) gets the grace; Telnyx and the mock do not say, so its ring timer runs.
-    return (2.0, "stream-lost") if provider in ("twilio", "plivo") else (20.0, "timeout")
+    # old process) gets the grace; the mock says it was not (its ring timer runs), Telnyx does
+    # not say (see not_answered).
+    return (2.0, "stream-lost") if provider in ("twilio", "plivo") else not_answered()(provider)
 
 
 def ended_at_carrier(status: SimStatus) -> Row:
@@ -142,9 +153,9 @@ async def _answered_while_down_notify(made: Rig, provider: str) -> Call:
 
 def answered_while_down_notify(provider: str) -> tuple[float, str]:
     # Placed 25 s before the restart and answered at a moment nobody says: the max duration
-    # counts from the call's creation (300 - 25 s), never from the restart. Telnyx and the mock
-    # do not say it was answered: its ring timer has 5 s left.
-    return (275.0, "timeout") if provider in ("twilio", "plivo") else (5.0, "timeout")
+    # counts from the call's creation (300 - 25 s), never from the restart. The mock says it
+    # was not answered: its ring timer has 5 s left. Telnyx does not say (see not_answered).
+    return (5.0, "timeout") if provider == "mock" else (275.0, "timeout")
 
 
 async def _answered_unseen_restored_before(made: Rig, provider: str) -> Call:
@@ -180,7 +191,7 @@ ANSWERING = [
         _ringing,
         same(Outcome.RESTORED),
         same(OPEN),
-        same((20.0, "timeout")),
+        not_answered(),
         hung_up=True,
     ),
     Row(
@@ -188,7 +199,7 @@ ANSWERING = [
         _queued,
         same(Outcome.RESTORED),
         same(OPEN),
-        same((20.0, "timeout")),
+        not_answered(),
         hung_up=True,
     ),
     Row(

@@ -12,7 +12,10 @@ carrier says it ended                  ended with the carrier's reason (busy sta
                                        hang-up sent
 carrier answers 404                    ended ``completed`` (the carriers map "gone" so)
 carrier says it is live                restored; ring / max-duration timers re-armed for the time
-                                       left (answered now if the carrier says it was answered)
+                                       left (answered now if the carrier says it was answered;
+                                       if it cannot say, as Telnyx, an unanswered call gets max
+                                       duration from its creation, not a ring timer that could
+                                       end a conversation begun while voicecalld was down)
 live, answered, conversation mode      also its stream grace starts: its media stream died with
                                        the old process (or, answered while voicecalld was down,
                                        was never opened): without a new one within
