@@ -108,6 +108,11 @@ async def test_events_need_the_token_and_a_numeric_resume_id(tmp_path: Path) -> 
         for resume in (b"abc", "\u00b2".encode("latin-1"), b"1" * 30, b"-1"):
             bad = await daemon.api.get("/v1/events", headers={b"Last-Event-ID": resume})
             assert bad.status_code == 400, resume
+        # an id no event here ever had (another state dir's): it withheld every event to come
+        with trio.fail_after(10):  # it used to be an endless 200 stream
+            ahead = await daemon.api.get("/v1/events", headers={"Last-Event-ID": "999999999"})
+        assert ahead.status_code == 400
+        assert "ahead of every event" in ahead.json()["error"]["message"]
         anonymous = await daemon.api.get("/v1/events", headers={"Authorization": ""})
         assert anonymous.status_code == 401
 

@@ -46,6 +46,10 @@ def routes(manager: CallManager, token: str, config: Config, metrics: Metrics) -
         resume = request.headers.get("last-event-id", "").strip()
         if resume and not (resume.isascii() and resume.isdigit() and len(resume) <= MAX_ID_DIGITS):
             return error(400, "bad_request", "Last-Event-ID: expected an event id")
+        if resume and int(resume) > await manager.store.last_event_id():
+            # an id this store never gave (another state dir's): resuming after it would
+            # withhold every event to come until the ids caught up
+            return error(400, "bad_request", "Last-Event-ID: ahead of every event stored here")
 
         async def stream(send: Send) -> int:
             headers = [
