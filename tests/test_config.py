@@ -14,6 +14,10 @@ from cryptography.hazmat.primitives import serialization
 from voicecalld import cli
 from voicecalld import config as configuration
 from voicecalld.config import ConfigError
+from voicecalld.sim.state import SimAccounts
+
+SID = "AC" + "0123456789abcdef" * 2
+"""An Account SID of the right form (AC + 32 hex), so a Twilio section passes the check."""
 
 BAD = [
     ('[server]\nport = "80"\n', "server.port: expected an integer in 0..65535, got '80'"),
@@ -24,6 +28,20 @@ BAD = [
     ("[calls]\nmax_concurrent = 0\n", "calls.max_concurrent: expected an integer in 1..100000"),
     ("[calls]\nmax_concurrent = 1.5\n", "calls.max_concurrent: expected an integer"),
     ('[calls]\nallow_from = ["123"]\n', "calls.allow_from: expected an E.164 number"),
+    ('[calls]\nfrom_number = "+15550000000\\n"\n', "calls.from_number: expected an E.164"),
+    ('[calls]\nallow_from = ["+15550000000\\n"]\n', "calls.allow_from: expected an E.164"),
+    (
+        '[providers.twilio]\naccount_sid = "AC../../x?y=1#z"\n',
+        "providers.twilio.account_sid: expected an Account SID (AC + 32 hex digits)",
+    ),
+    (
+        f'[providers.twilio]\naccount_sid = "AC{"0" * 32}\\n"\n',
+        "providers.twilio.account_sid: expected an Account SID",
+    ),
+    (
+        '[providers.plivo]\nauth_id = "MA/../z"\n',
+        "providers.plivo.auth_id: expected an Auth ID (1-64 letters and digits)",
+    ),
     (
         '[calls]\ninbound_policy = "maybe"\n',
         "calls.inbound_policy: expected one of disabled, open, allowlist",
@@ -96,14 +114,14 @@ def test_environment_overrides_file_and_credentials(tmp_path: Path) -> None:
     credentials = tmp_path / "creds"
     credentials.mkdir()
     (credentials / "twilio_auth_token").write_text("from-credential\n")
-    (credentials / "twilio_account_sid").write_text("AC-from-credential")
+    (credentials / "twilio_account_sid").write_text(f"AC{'c' * 32}\n")
     document = {
         "server": {"public_url": "https://voice.example.com"},
         "providers": {"twilio": {"enabled": True, "auth_token": "from-file"}},
     }
     config = configuration.parse(document, environ={"CREDENTIALS_DIRECTORY": str(credentials)})
     assert config.providers.twilio.auth_token == "from-credential"
-    assert config.providers.twilio.account_sid == "AC-from-credential"
+    assert config.providers.twilio.account_sid == f"AC{'c' * 32}"
     config = configuration.parse(
         document,
         environ={"CREDENTIALS_DIRECTORY": str(credentials), "VOICECALLD_TWILIO_AUTH_TOKEN": "env"},
@@ -123,13 +141,14 @@ def test_check_config_masks_secrets(tmp_path: Path, capsys: pytest.CaptureFixtur
     path.write_text(
         '[server]\npublic_url = "https://voice.example.com"\n'
         '[api]\ntoken = "s3cr3t-api"\n'
-        '[providers.twilio]\nenabled = true\naccount_sid = "AC123"\nauth_token = "s3cr3t-twilio"\n'
+        f'[providers.twilio]\nenabled = true\naccount_sid = "{SID}"\n'
+        'auth_token = "s3cr3t-twilio"\n'
     )
     assert cli.main(["check-config", "-c", str(path)]) == 0
     out = capsys.readouterr().out
     assert "s3cr3t" not in out
     assert 'auth_token = "***"' in out
-    assert 'account_sid = "AC123"' in out
+    assert f'account_sid = "{SID}"' in out
     # the printed config is itself a valid config that loads to the same values (secrets aside)
     reprinted = tmp_path / "again.toml"
     reprinted.write_text(out.replace('"***"', '"x"'))
@@ -220,3 +239,58 @@ def test_usable_tls_files_pass_the_check(tmp_path: Path) -> None:
         {"server": {"tls_cert": str(cert), "tls_key": str(key)}}, environ={}
     ).server
     assert configuration.tls_context(server) is not None
+
+
+# -- bytes that are not UTF-8: exit 78 naming the file or the key, never a traceback
+
+
+def test_a_config_file_not_in_utf8_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "voicecalld.toml"
+    path.write_bytes(b'[server]\nbind = "\xff"\n')
+    with pytest.raises(ConfigError) as caught:
+        configuration.load(path, environ={})
+    assert caught.value.problems == [f"<file>: {path} is not valid UTF-8 (at byte offset 17)"]
+    result = subprocess.run(
+        [sys.executable, "-m", "voicecalld", "check-config", "-c", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 78
+    assert f"{path} is not valid UTF-8" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_credential_not_in_utf8_is_a_config_error_naming_its_key(tmp_path: Path) -> None:
+    credentials = tmp_path / "creds"
+    credentials.mkdir()
+    (credentials / "api_token").write_bytes(b"s3cr3t\xff")
+    (credentials / "twilio_auth_token").write_bytes(b"\xc3(")
+    with pytest.raises(ConfigError) as caught:
+        configuration.load(None, environ={"CREDENTIALS_DIRECTORY": str(credentials)})
+    assert caught.value.problems == [
+        f"api.token: the credential {credentials / 'api_token'} is not valid UTF-8",
+        "providers.twilio.auth_token: the credential "
+        f"{credentials / 'twilio_auth_token'} is not valid UTF-8",
+    ]
+    assert "s3cr3t" not in str(caught.value)
+
+
+def test_the_simulators_account_ids_pass_the_check(tmp_path: Path) -> None:
+    accounts = SimAccounts()
+    config = configuration.parse(
+        {
+            "server": {"public_url": "https://voice.example.com"},
+            "providers": {
+                "twilio": {
+                    "enabled": True,
+                    "account_sid": accounts.twilio_account_sid,
+                    "auth_token": "t",
+                },
+                "plivo": {"enabled": True, "auth_id": accounts.plivo_auth_id, "auth_token": "t"},
+            },
+        },
+        environ={"HOME": str(tmp_path)},
+    )
+    assert config.providers.twilio.account_sid == accounts.twilio_account_sid
+    assert config.providers.plivo.auth_id == accounts.plivo_auth_id

@@ -51,7 +51,13 @@ __all__ = [
 ]
 
 CONFIG_ENV: Final = "VOICECALLD_CONFIG"
-_E164 = re.compile(r"^\+[0-9]{2,15}$")
+# Every pattern is used with ``fullmatch``: ``$`` would also match before a final newline.
+_E164 = re.compile(r"\+[0-9]{2,15}")
+# The carriers' REST clients check these ids again before putting them in a URL path
+# (carriers/twilio/rest.py, carriers/plivo/rest.py); checked here too, with the same patterns,
+# so a bad id is exit 78 at start-up rather than every call failing with a 502.
+_TWILIO_ACCOUNT_SID = re.compile(r"AC[0-9a-fA-F]{32}")
+_PLIVO_AUTH_ID = re.compile(r"[A-Za-z0-9]{1,64}")
 
 InboundPolicy = Literal["disabled", "open", "allowlist"]
 BridgeEncoding = Literal["mulaw", "pcm16", "pcm16-16k"]
@@ -155,7 +161,19 @@ def _show(value: object, secret: bool) -> str:
 
 
 def _e164(value: str) -> str | None:
-    return None if _E164.match(value) else "expected an E.164 number (+ and 2-15 digits)"
+    return None if _E164.fullmatch(value) else "expected an E.164 number (+ and 2-15 digits)"
+
+
+def _twilio_account_sid(value: str) -> str | None:
+    if _TWILIO_ACCOUNT_SID.fullmatch(value):
+        return None
+    return "expected an Account SID (AC + 32 hex digits)"
+
+
+def _plivo_auth_id(value: str) -> str | None:
+    if _PLIVO_AUTH_ID.fullmatch(value):
+        return None
+    return "expected an Auth ID (1-64 letters and digits)"
 
 
 def _http_url(value: str) -> str | None:
@@ -284,7 +302,7 @@ class MockConfig:
 @attrs.frozen
 class TwilioConfig:
     enabled: bool = _boolean(False)
-    account_sid: str = _string()
+    account_sid: str = _string(check=_twilio_account_sid)
     auth_token: str = _string(secret=True)
     api_base_url: str = _string("https://api.twilio.com", check=_http_url)
     from_number: str = _string(check=_e164)
@@ -293,7 +311,7 @@ class TwilioConfig:
 @attrs.frozen
 class PlivoConfig:
     enabled: bool = _boolean(False)
-    auth_id: str = _string()
+    auth_id: str = _string(check=_plivo_auth_id)
     auth_token: str = _string(secret=True)
     api_base_url: str = _string("https://api.plivo.com", check=_http_url)
     from_number: str = _string(check=_e164)
@@ -479,6 +497,10 @@ def load(
         text = file.read_text(encoding="utf-8")
     except OSError as error:
         raise ConfigError([f"<file>: cannot read {file}: {error.strerror or error}"]) from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            [f"<file>: {file} is not valid UTF-8 (at byte offset {error.start})"]
+        ) from None
     try:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
@@ -490,9 +512,11 @@ def _with_overrides(document: dict[str, Any], env: Mapping[str, str]) -> dict[st
     """Apply credentials, then environment variables, to the raw document (before checking).
 
     Values from these layers are strings; they are converted by the target field's type here, so
-    a bad one is reported against the dotted key like any other.
+    a bad one is reported against the dotted key like any other. A credential file that is not
+    UTF-8 is a :class:`ConfigError` naming its key (its bytes, maybe a secret, are not shown).
     """
     credentials = env.get("CREDENTIALS_DIRECTORY")
+    undecodable: list[str] = []
     for section, path in _SECTIONS.items():
         cls = _section_class(path)
         for field in attrs.fields(cls):
@@ -502,6 +526,10 @@ def _with_overrides(document: dict[str, Any], env: Mapping[str, str]) -> dict[st
                 try:
                     raw = file.read_text(encoding="utf-8").strip()
                 except OSError:
+                    raw = None
+                except UnicodeDecodeError:
+                    dotted = ".".join((*path, field.name))
+                    undecodable.append(f"{dotted}: the credential {file} is not valid UTF-8")
                     raw = None
             env_value = env.get(f"VOICECALLD_{section.upper()}_{field.name.upper()}")
             if env_value is not None:
@@ -519,6 +547,8 @@ def _with_overrides(document: dict[str, Any], env: Mapping[str, str]) -> dict[st
                 table = nested
             else:
                 table[field.name] = _from_text(raw, field)
+    if undecodable:
+        raise ConfigError(sorted(undecodable))
     return document
 
 

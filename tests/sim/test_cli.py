@@ -47,7 +47,11 @@ def test_init_writes_a_private_config_for_the_three_carriers(
     [
         ({}, "no carrier is enabled"),
         (
-            {"providers": {"twilio": {"enabled": True, "account_sid": "AC1", "auth_token": "x"}}},
+            {
+                "providers": {
+                    "twilio": {"enabled": True, "account_sid": "AC" + "0" * 32, "auth_token": "x"}
+                }
+            },
             "not the simulator's",
         ),
     ],
