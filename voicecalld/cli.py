@@ -6,14 +6,16 @@ where the daemon records them); ``status`` reads the store directly and read-onl
 port and needing no daemon.
 
 Exit codes: 0 clean stop; 2 usage error; 78 invalid configuration; 69 the daemon gave up
-restarting; 1 anything else.
+restarting; 141 stdout closed by its reader (``voicecalld calls | head -1``); 1 anything else.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import urllib.parse
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,7 +32,28 @@ EX_USAGE = 2
 EX_CONFIG = 78
 
 
+EX_SIGPIPE = 128 + signal.SIGPIPE
+"""What a shell reports for a tool ended by SIGPIPE, as ``seq``, ``cat`` and ``yes`` are when
+their reader goes away: a script (``set -o pipefail``) sees from us what it sees from them, and
+0 would claim output was delivered that was not."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        try:
+            return _command(argv)
+        finally:
+            # flushed here, not at interpreter exit, where a closed pipe could only be reported
+            sys.stdout.flush()
+    except BrokenPipeError:
+        # the reader of stdout went away (`| head -1`). Python ignores SIGPIPE, so writes fail
+        # instead; stop quietly, pointing stdout at /dev/null so the final flush at exit cannot
+        # fail again (the Python docs' "Note on SIGPIPE")
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EX_SIGPIPE
+
+
+def _command(argv: Sequence[str] | None) -> int:
     parser = _parser()
     arguments = list(sys.argv[1:] if argv is None else argv)
     if arguments[:1] == ["simulate"]:
@@ -209,9 +232,17 @@ def _calls(config: Config, args: argparse.Namespace) -> int:
 
 
 def _hangup(config: Config, args: argparse.Namespace) -> int:
-    call = _request(config, "POST", f"/v1/calls/{args.call_id}/hangup")
+    call = _request(config, "POST", f"/v1/calls/{_segment(args.call_id)}/hangup")
     print(f"{call['id']} {call['state']} {call['end_reason'] or ''}".rstrip())
     return 0
+
+
+def _segment(text: str) -> str:
+    """``text`` percent-encoded as one URL path segment, so that an id such as ``x/../c_1`` or
+    ``..`` reaches the daemon as that (unknown) id instead of being resolved into the path of
+    another call or route. ``quote`` leaves dots alone, and a segment of only dots is resolved
+    by the client before sending; ``%2E`` is not."""
+    return urllib.parse.quote(text, safe="").replace(".", "%2E")
 
 
 def _print_calls(calls: list[dict[str, Any]]) -> None:
