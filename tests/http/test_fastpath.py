@@ -208,6 +208,16 @@ async def test_a_malformed_head_gets_hypercorns_400(tmp_path: Path) -> None:
         assert (await carrier.response())[0].status_code == 400
 
 
+async def test_a_head_with_bare_line_feeds_is_answered_by_hypercorn(tmp_path: Path) -> None:
+    """The fast path waited for a CRLF blank line that never came and closed the connection
+    silently after ``body_timeout``; hypercorn (h11) reads such a head, and answers."""
+    async with rig_for(tmp_path) as rig, connected(rig) as carrier:
+        await carrier.send(twilio_request(rig, inbound()).replace(b"\r\n", b"\n"))
+        with trio.fail_after(5):
+            response, _ = await carrier.response()
+        assert response.status_code in (200, 400)
+
+
 async def test_a_request_refused_before_its_body_is_read_closes_the_connection(
     tmp_path: Path,
 ) -> None:

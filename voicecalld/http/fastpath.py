@@ -65,6 +65,9 @@ _HEAD = re.compile(
 )
 """The shape of every head served here, checked by one match: no folded line, no bare CR or
 LF, no control byte, nothing before a header's colon but a token."""
+_LENIENT_END = re.compile(rb"\n\r?\n")
+"""The end of a head as h11 (so hypercorn) reads it too: lines may end in a bare LF. Such a
+head is not served here (no match of :data:`_HEAD`) but handed to hypercorn, which answers."""
 _HANDED_OFF: Final = frozenset({b"transfer-encoding", b"expect", b"upgrade"})
 _REASONS: Final = {status.value: status.phrase.encode() for status in http.HTTPStatus}
 
@@ -163,8 +166,8 @@ class WebhookFastPath:
             buffered = await self._next_head(conn, buffered)
             end = buffered.find(b"\r\n\r\n")
             if end < 0:
-                if len(buffered) > MAX_HEAD:  # hypercorn answers it (431, or 400)
-                    await handoff(trio.SocketStream(conn), buffered)
+                if len(buffered) > MAX_HEAD or _LENIENT_END.search(buffered):
+                    await handoff(trio.SocketStream(conn), buffered)  # 431, 400, or served
                 return  # closed, or too slow
             head = parse_head(buffered[: end + 4])
             if head is None:
@@ -210,7 +213,7 @@ class WebhookFastPath:
             if not buffered or b"\r\n\r\n" in buffered:
                 return buffered
         with trio.move_on_after(self.head_timeout):
-            while b"\r\n\r\n" not in buffered and len(buffered) <= MAX_HEAD:
+            while not _LENIENT_END.search(buffered) and len(buffered) <= MAX_HEAD:
                 data = await conn.recv(_RECV)
                 if not data:
                     return buffered
