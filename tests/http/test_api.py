@@ -144,6 +144,44 @@ async def test_a_dial_the_carrier_refuses_ends_failed_and_frees_the_slot(tmp_pat
             await place(daemon, provider="twilio")
 
 
+async def test_a_dial_answered_with_a_stored_calls_carrier_id_is_a_502_not_a_500(
+    tmp_path: Path,
+) -> None:
+    """A carrier (or a stub) that answers a dial with the id of a call the store keeps, ended
+    and forgotten by memory (a restart later): it used to be a 500, with the call left open,
+    its slot taken, and every hang-up a 500 too."""
+    config = make_config(tmp_path, calls={"max_concurrent": 1})
+    async with running(config) as daemon:
+        old = (await daemon.api.post("/v1/calls", json={"to": "+15551234567"})).json()
+        await daemon.api.post(f"/v1/calls/{old['id']}/hangup")
+    async with running(config) as daemon:
+        mock = daemon.manager.carriers.get("mock")
+        assert mock is not None
+
+        async def place_with_an_old_id(call: Any) -> str:
+            return str(old["provider_call_id"])
+
+        mock.place = place_with_an_old_id  # type: ignore[method-assign]
+        refused = await daemon.api.post("/v1/calls", json={"to": "+15557654321"})
+        assert refused.status_code == 502
+        assert "already an ended call's" in refused.json()["error"]["message"]
+        listing = (await daemon.api.get("/v1/calls")).json()["calls"]
+        newest = listing[0]
+        assert (newest["state"], newest["end_reason"], newest["provider_call_id"]) == (
+            "ended",
+            "failed",
+            None,
+        )
+        assert daemon.manager.calls == {}, "the slot is free again"
+        again = await daemon.api.post(f"/v1/calls/{newest['id']}/hangup")
+        assert again.status_code == 200
+        kept = (await daemon.api.get(f"/v1/calls/{old['id']}")).json()
+        assert (kept["provider_call_id"], kept["end_reason"]) == (
+            old["provider_call_id"],
+            "hangup-bot",
+        )
+
+
 async def test_hangup_is_idempotent_and_ends_hangup_bot(
     tmp_path: Path, clock: trio.testing.MockClock
 ) -> None:

@@ -60,7 +60,7 @@ from voicecalld.carriers.base import (
 )
 from voicecalld.config import Config
 from voicecalld.metrics import Metrics
-from voicecalld.store.base import DuplicateWebhookKey, Store
+from voicecalld.store.base import DuplicateWebhookKey, RejectedWrite, Store
 
 __all__ = [
     "CallEnded",
@@ -302,33 +302,29 @@ class CallManager:
             )
             ended = await self.end_call(call.id, EndReason.FAILED, hangup=False)
             raise DialFailed(ended or call, error) from error
-        owner = await self._owner_of(name, provider_call_id)
+        owner = self._by_carrier.get((name, provider_call_id))
         if owner is not None and owner != call.id:
-            # a carrier (or a stub standing in for one) gave an id we know as another call's:
-            # storing it would break the store's uniqueness, and a hang-up by it would end that
-            # other call; so this one fails, and nothing is sent by that id
-            taken = CarrierError(
-                f"{name} returned call id {provider_call_id}, already call {owner}'s",
-                retryable=False,
-            )
-            log.error(
-                "dial failed", extra={"call_id": call.id, "provider": name, "error": str(taken)}
-            )
-            ended = await self.end_call(call.id, EndReason.FAILED, hangup=False)
-            raise DialFailed(ended or self._known(call.id) or call, taken)
+            raise await self._taken_id(call, provider_call_id, f"call {owner}'s")
         current = self.calls.get(call.id)
         if current is None:  # ended while dialing (API hang-up, timer): the carrier call is owed
             # from memory: the store may still hold the row from before the end (its write
             # can be in flight), and writing that back would revive the call
             ended = self._known(call.id) or await self.store.get(call.id)
             assert ended is not None
-            ended = attrs.evolve(ended, provider_call_id=provider_call_id)
-            await self._owe_hangup(ended)
+            owing = _owing(attrs.evolve(ended, provider_call_id=provider_call_id))
+            if await self._learn_dialed_id(ended, owing):
+                self._owe(owing)
+                return owing
+            log.error(
+                "dial returned a carrier call id already an ended call's; no hang-up by it",
+                extra={"call_id": call.id, "provider": name, "provider_call_id": provider_call_id},
+            )
             return ended
         if current.provider_call_id is None:
-            current = attrs.evolve(current, provider_call_id=provider_call_id)
-            self._remember(current)
-            await self._write(current)
+            learned = attrs.evolve(current, provider_call_id=provider_call_id)
+            if not await self._learn_dialed_id(current, learned):
+                raise await self._taken_id(call, provider_call_id, "an ended call's")
+            current = learned
         elif current.provider_call_id != provider_call_id and "request_id" not in current.metadata:
             # a webhook came back before the dial did, with the carrier's real call id: keep
             # the id the dial returned too (Plivo's RequestUUID), for hang-ups before answer
@@ -582,13 +578,38 @@ class CallManager:
                     return self._known(stored.id) or stored
         return None
 
-    async def _owner_of(self, provider: str, provider_call_id: str) -> str | None:
-        """The id of the call the carrier's ``provider_call_id`` is already ours for, if any."""
-        owner = self._by_carrier.get((provider, provider_call_id))
-        if owner is None:
-            stored = await self.store.find(provider, provider_call_id)
-            owner = stored.id if stored is not None else None
-        return owner
+    async def _learn_dialed_id(self, before: Call, learned: Call) -> bool:
+        """Remember and store ``learned``: ``before`` with the carrier id its dial returned.
+
+        False, with ``before`` remembered again, if the store holds that id for another call
+        (an ended one: a live one is caught in memory first). Checked by the write itself, not
+        by a read before it: that read cost every placed call a trip to the store's thread.
+        """
+        self._remember(learned)
+        try:
+            await self._write(learned)
+        except RejectedWrite:
+            for key in _carrier_keys(learned):
+                if self._by_carrier.get(key) == learned.id:
+                    del self._by_carrier[key]
+            self._remember(before)
+            return False
+        return True
+
+    async def _taken_id(self, call: Call, provider_call_id: str, whose: str) -> DialFailed:
+        """The dial answered with a carrier id we know as another call's (a misbehaving carrier
+        or a stub): storing it would break the store's uniqueness, and a hang-up by it would end
+        that other call. So this call fails, and nothing is sent by that id."""
+        error = CarrierError(
+            f"{call.provider} returned call id {provider_call_id}, already {whose}",
+            retryable=False,
+        )
+        log.error(
+            "dial failed",
+            extra={"call_id": call.id, "provider": call.provider, "error": str(error)},
+        )
+        ended = await self.end_call(call.id, EndReason.FAILED, hangup=False)
+        return DialFailed(ended or self._known(call.id) or call, error)
 
     def _known(self, call_id: str) -> Call | None:
         """The call as memory has it: live, or recently ended (see :attr:`_recently_ended`)."""
@@ -768,12 +789,6 @@ class CallManager:
         self.timers.cancel(call_id, TimerKind.STREAM_GRACE)
 
     # -- owed hang-ups -------------------------------------------------------------------------
-
-    async def _owe_hangup(self, call: Call) -> None:
-        call = _owing(call)
-        self._remember(call)  # memory and store agree (the carrier id a late dial brought)
-        await self._write(call)
-        self._owe(call)
 
     def _owe(self, call: Call) -> None:
         if call.id not in self._owed:
