@@ -54,15 +54,31 @@ def dtmf(digit: str) -> bytes:
     return carrier_message("twilio", "dtmf", {'"digit":"1"': f'"digit":"{digit}"'})
 
 
-async def slow_carrier_call(rig: Rig) -> tuple[str, trio.SocketStream, Peer]:
-    """A mock call, its stream from a raw carrier socket with a 4 KiB receive buffer, and its
-    bridge (``start`` read)."""
+async def carrier_call(rig: Rig, *, receive_buffer: int = 0) -> tuple[str, trio.SocketStream, Peer]:
+    """A mock call, its stream from a raw carrier socket (with that receive buffer, 0 for the
+    kernel's), and its bridge (``start`` read)."""
     call_id, token = await rig.mock_call(SID)
     start = carrier_message("twilio", "start", {"t0k3n": token})
-    carrier = await rig.carrier_in_one_write("mock", [start], receive_buffer=4096)
+    carrier = await rig.carrier_in_one_write("mock", [start], receive_buffer=receive_buffer)
     bridge = await rig.app.next()
     assert (await bridge.json())["type"] == "start"
     return call_id, carrier, bridge
+
+
+async def slow_carrier_call(rig: Rig) -> tuple[str, trio.SocketStream, Peer]:
+    """:func:`carrier_call` with a 4 KiB receive buffer: the carrier falls behind at once."""
+    return await carrier_call(rig, receive_buffer=4096)
+
+
+def barge_in(bridge: Peer) -> None:
+    """Audio, a mark, audio, ``clear``, audio, ``hangup``: sent between two awaits, so the
+    harness writes them in one write (voicecalld reads them as one batch)."""
+    bridge.send_binary(b"\x01" * 160)
+    bridge.send_json({"type": "mark", "name": "before"})
+    bridge.send_binary(b"\x02" * 160)
+    bridge.send_json({"type": "clear"})
+    bridge.send_binary(b"\x03" * 160)
+    bridge.send_json({"type": "hangup"})
 
 
 async def flood(
@@ -196,12 +212,7 @@ async def test_clear_drops_the_audio_queued_before_it(tmp_path: Path) -> None:
         said = await flood(
             rig, "out", partial(bridge.ws.send_binary, FRAME), bridge.ws.wait_flushed
         )
-        bridge.send_binary(b"\x01" * 160)
-        bridge.send_json({"type": "mark", "name": "before"})
-        bridge.send_binary(b"\x02" * 160)
-        bridge.send_json({"type": "clear"})
-        bridge.send_binary(b"\x03" * 160)
-        bridge.send_json({"type": "hangup"})
+        barge_in(bridge)
         await rig.events(call_id)
         messages = [played(message) for message in await read_to_the_close(carrier)]
 
@@ -222,17 +233,8 @@ async def test_audio_read_with_a_clear_never_reaches_the_carrier(tmp_path: Path)
     is dropped before it is sent, though the carrier reads at once: it would only be cleared
     there. The mark said among it still goes, in its place."""
     async with media_rig(tmp_path) as rig:
-        call_id, token = await rig.mock_call(SID)
-        start = carrier_message("twilio", "start", {"t0k3n": token})
-        carrier = await rig.carrier_in_one_write("mock", [start])
-        bridge = await rig.app.next()
-        assert (await bridge.json())["type"] == "start"
-        bridge.send_binary(b"\x01" * 160)  # the harness sends these in one write
-        bridge.send_json({"type": "mark", "name": "before"})
-        bridge.send_binary(b"\x02" * 160)
-        bridge.send_json({"type": "clear"})
-        bridge.send_binary(b"\x03" * 160)
-        bridge.send_json({"type": "hangup"})
+        call_id, carrier, bridge = await carrier_call(rig)
+        barge_in(bridge)
         await rig.events(call_id)
         messages = [played(message) for message in await read_to_the_close(carrier)]
         assert messages == [("mark", "before"), ("clear", ""), ("media", b"\x03" * 160)]
