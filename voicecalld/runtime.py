@@ -157,6 +157,7 @@ class Runtime:
         self._frontdoor: FrontDoor | None = None
         self._app: App | None = None
         self.manager: CallManager | None = None
+        self.reaper: Reaper | None = None
         self.carriers: Carriers | None = None
         self.streams: MediaStreams | None = None
 
@@ -180,7 +181,8 @@ class Runtime:
             await self._step("listen", self._hold_listeners)
             await self._step("serve", self._serve)
             await self._step("restore", Reconciler(self.manager, self.metrics).run)
-            await self._step("reaper", Reaper(self.manager, self.metrics).run)
+            self.reaper = Reaper(self.manager, self.metrics)
+            await self._step("reaper", self.reaper.run)
             self.readiness.set(Phase.READY)
             task_status.started(self)
             await self._stop.wait()
@@ -298,6 +300,8 @@ class Runtime:
         assert self.manager is not None and self.carriers is not None and self._app is not None
         self.carriers.reconfigure(config, self.token)
         self.manager.reconfigure(config)
+        if self.reaper is not None:
+            self.reaper.reconfigure()
         if self.streams is not None:
             self.streams.reconfigure(config)
         self._app.reconfigure(self._routes(self.token), config.server.trusted_proxies)

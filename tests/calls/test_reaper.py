@@ -30,7 +30,7 @@ from voicecalld.calls.model import Call, EndReason, State
 from voicecalld.calls.reaper import stale
 from voicecalld.sim.faults import Fault
 from voicecalld.sim.state import SimStatus
-from voicecalld.testing import make_config
+from voicecalld.testing import make_config, running
 
 REAPER = {"stale_after": 120.0, "reaper_interval": 30.0}
 
@@ -161,6 +161,38 @@ async def test_stale_after_zero_disables_it_and_a_reload_applies_at_the_next_swe
         manager.reconfigure(make_config(tmp_path, calls={"stale_after": 60.0}))
         await trio.sleep_until(121.0)
         assert (await made.stored(call.id)).end_reason is EndReason.STALE
+
+
+async def test_a_reloaded_reaper_interval_counts_from_the_last_sweep_at_once(
+    tmp_path: Path, clock: trio.testing.MockClock
+) -> None:
+    # it used to apply only after the wait the old interval had begun
+    async with rig(tmp_path, stale_after=60.0, reaper_interval=1000.0) as made:
+        manager = await made.start()
+        call = await at_carrier(made, "twilio", SimStatus.RINGING, age=10_000.0)
+        await adopt(made, call)
+        reaper = await made.reap()
+        await trio.sleep_until(100.0)
+        assert call.id in manager.calls
+        manager.reconfigure(make_config(tmp_path, calls={"reaper_interval": 30.0}))
+        reaper.reconfigure()  # as the runtime does on SIGHUP
+        await trio.sleep_until(101.0)  # due at 30 s from the start: at once
+        assert (await made.stored(call.id)).end_reason is EndReason.STALE
+
+
+async def test_sighup_reaches_the_reaper(tmp_path: Path, clock: trio.testing.MockClock) -> None:
+    # stale at once: a call's age is wall time (the daemon's clock), its sweeps Trio's
+    calls = {"stale_after": 0.001, "reaper_interval": 1000.0, "ring_timeout": 600.0}
+    config = make_config(tmp_path, calls=calls, runtime={"drain_timeout": 0.0})
+    async with running(config) as daemon:
+        placed = await daemon.api.post("/v1/calls", json={"to": "+15551230408"})  # never answers
+        call_id = placed.json()["id"]
+        await trio.sleep(100.0)
+        assert call_id in daemon.manager.calls
+        assert await daemon.reload(make_config(tmp_path, calls={**calls, "reaper_interval": 30.0}))
+        await trio.sleep(1.0)
+        ended = (await daemon.api.get(f"/v1/calls/{call_id}")).json()
+        assert ended["end_reason"] == "stale"
 
 
 def test_stale_is_about_answering_not_age() -> None:

@@ -49,12 +49,23 @@ class Reaper:
     def __init__(self, manager: CallManager, metrics: Metrics) -> None:
         self.manager = manager
         self.metrics = metrics
+        self._wait = trio.CancelScope()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
+        swept = trio.current_time()
         while True:
-            await trio.sleep(self.manager.config.calls.reaper_interval)
+            with trio.CancelScope() as self._wait:
+                await trio.sleep_until(swept + self.manager.config.calls.reaper_interval)
+            if self._wait.cancelled_caught:
+                continue  # reconfigured: the next sweep is due by the interval now in force
+            swept = trio.current_time()
             await self.tick()
+
+    def reconfigure(self) -> None:
+        """The config was reloaded: a changed ``calls.reaper_interval`` counts from the last
+        sweep at once, not after the wait the old one began (up to that old interval)."""
+        self._wait.cancel()
 
     async def tick(self) -> int:
         """One sweep; returns how many calls it ended."""
