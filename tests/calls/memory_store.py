@@ -9,7 +9,7 @@ from datetime import datetime
 
 import trio
 
-from voicecalld.calls.model import Call, NewEvent, StoredEvent
+from voicecalld.calls.model import Call, EventType, NewEvent, StoredEvent
 from voicecalld.store.base import CallPage, DuplicateWebhookKey
 
 
@@ -66,6 +66,18 @@ class MemoryStore:
     async def open_calls(self) -> list[Call]:
         await trio.lowlevel.checkpoint()
         return [c for c in self.calls.values() if not c.ended]
+
+    async def open_streams(self) -> list[str]:
+        await trio.lowlevel.checkpoint()
+        last: dict[str, EventType] = {}
+        for event in self.events:
+            if event.type in (EventType.STREAM_STARTED, EventType.STREAM_STOPPED):
+                last[event.call.id] = event.type
+        return [
+            c.id
+            for c in self.calls.values()
+            if not c.ended and last.get(c.id) is EventType.STREAM_STARTED
+        ]
 
     async def calls_owing_hangup(self) -> list[Call]:
         await trio.lowlevel.checkpoint()

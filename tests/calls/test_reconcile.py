@@ -34,7 +34,7 @@ from tests.calls.support import (
     rig,
     unknown_at_carrier,
 )
-from voicecalld.calls.model import Call, EndReason, Mode, State
+from voicecalld.calls.model import Call, EndReason, EventType, Mode, NewEvent, State
 from voicecalld.calls.reconcile import UNREACHABLE_AFTER, Outcome
 from voicecalld.carriers.base import WebhookEvent, WebhookKind
 from voicecalld.sim.faults import Fault
@@ -361,6 +361,31 @@ async def test_a_call_that_started_ringing_while_voicecalld_was_down_is_restored
         await made.reconcile()
         assert (await made.stored(call.id)).state.value == state
         assert made.running.calls[call.id].state.value == state
+
+
+async def test_a_stream_cut_by_the_restart_gets_its_stream_stopped(
+    tmp_path: Path, clock: trio.testing.MockClock
+) -> None:
+    """Its ``stream.started`` an app has seen is paired with a ``stream.stopped`` at the next
+    start; one that stopped cleanly before is not stopped twice."""
+    async with rig(tmp_path, **SETTINGS) as made:
+        cut = await at_carrier(made, "twilio", SimStatus.IN_PROGRESS, answered_age=5.0)
+        clean = await at_carrier(made, "twilio", SimStatus.IN_PROGRESS, answered_age=5.0)
+        await made.save(cut, clean)
+        await made.store.write(
+            [],
+            [
+                NewEvent(EventType.STREAM_STARTED, cut, {}),
+                NewEvent(EventType.STREAM_STARTED, clean, {}),
+                NewEvent(EventType.STREAM_STOPPED, clean, {"reason": "carrier stopped"}),
+            ],
+        )
+        await made.start()
+        stored = await made.store.events_after(0, 100)
+        stops = [
+            (e.call.id, e.data["reason"]) for e in stored if e.type is EventType.STREAM_STOPPED
+        ]
+        assert stops == [(clean.id, "carrier stopped"), (cut.id, "voicecalld restarted")]
 
 
 FAILURES: dict[str, Fault | None] = {

@@ -78,6 +78,33 @@ async def test_open_calls_are_the_calls_not_ended_oldest_first(store: SqliteStor
     assert await store.open_calls() == sorted(calls, key=lambda call: call.created_at)
 
 
+async def test_open_streams_are_the_open_calls_whose_last_stream_event_is_a_start(
+    store: SqliteStore,
+) -> None:
+    started, stopped, restarted, quiet, gone = (make_call(n) for n in range(1, 6))
+    await store.write([started, stopped, restarted, quiet, gone], [])
+
+    def stream(call: Call, kind: EventType) -> NewEvent:
+        return NewEvent(kind, call, {"reason": "x"} if kind is EventType.STREAM_STOPPED else {})
+
+    start, stop = EventType.STREAM_STARTED, EventType.STREAM_STOPPED
+    await store.write(
+        [],
+        [
+            stream(started, start),
+            stream(stopped, start),
+            stream(restarted, start),
+            stream(gone, start),
+            stream(stopped, stop),
+            stream(restarted, stop),
+            NewEvent(EventType.DTMF, started, {"digit": "1"}),  # not a stream event
+            stream(restarted, start),
+        ],
+    )
+    await store.write([ended(gone, T0)])
+    assert await store.open_streams() == [started.id, restarted.id]
+
+
 def owing(call: Call) -> Call:
     return attrs.evolve(call, metadata={**call.metadata, "hangup_owed": True})
 

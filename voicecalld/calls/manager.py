@@ -191,6 +191,7 @@ class CallManager:
         self.restored = await self.store.open_calls()
         for call in self.restored:
             self.adopt(call, arm=False)
+        await self._end_cut_streams()
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             await nursery.start(self.timers.run)
@@ -436,6 +437,18 @@ class CallManager:
             await self._write(call, [NewEvent(kind, call, data)])
         elif (stored := await self.store.get(call_id)) is not None:
             await self.store.write([], [NewEvent(kind, stored, data)])
+
+    async def _end_cut_streams(self) -> None:
+        """Record the end of every stream the last process left open (it died with them), so
+        that each ``stream.started`` an app has seen gets its ``stream.stopped``."""
+        cut = set(await self.store.open_streams())
+        if cut:
+            reason = {"reason": "voicecalld restarted"}
+            ends = [
+                NewEvent(EventType.STREAM_STOPPED, c, reason) for c in self.restored if c.id in cut
+            ]
+            await self.store.write([], ends)
+            log.info("stream ends recorded for a restart", extra={"streams": len(ends)})
 
     # -- carrier events ------------------------------------------------------------------------
 

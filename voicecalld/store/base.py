@@ -74,6 +74,11 @@ class Store(Protocol):
         """Every call not yet ended: what reconciliation starts from."""
         ...
 
+    async def open_streams(self) -> list[str]:
+        """The ids of calls not ended whose last stream event is ``stream.started``: streams a
+        process left open when it died (a graceful stop records every stream's end)."""
+        ...
+
     async def calls_owing_hangup(self) -> list[Call]:
         """Ended calls whose carrier hang-up is still owed (``metadata.hangup_owed`` true)."""
         ...

@@ -47,6 +47,7 @@ __all__ = [
     "last_event_id",
     "list_calls",
     "open_calls",
+    "open_streams",
     "webhook_keys_since",
 ]
 
@@ -126,6 +127,16 @@ def find(conn: sqlite3.Connection, provider: str, provider_call_id: str) -> Call
         (provider, provider_call_id),
     ).fetchone()
     return None if row is None else _load_call(row[0])
+
+
+def open_streams(conn: sqlite3.Connection) -> list[str]:
+    rows = conn.execute(
+        "SELECT id FROM calls WHERE ended_at IS NULL AND ("
+        " SELECT type FROM events WHERE call_id = calls.id"
+        " AND type IN ('stream.started', 'stream.stopped') ORDER BY id DESC LIMIT 1"
+        ") = 'stream.started' ORDER BY created_at, id"
+    ).fetchall()
+    return [call_id for (call_id,) in rows]
 
 
 def open_calls(conn: sqlite3.Connection) -> list[Call]:

@@ -436,6 +436,10 @@ class SqliteStore:
         """Every call not yet ended, oldest first: what reconciliation starts from."""
         return await self._read(queries.open_calls)
 
+    async def open_streams(self) -> list[str]:
+        """The ids of calls not ended whose last stream event is ``stream.started``."""
+        return await self._read(queries.open_streams)
+
     async def calls_owing_hangup(self) -> list[Call]:
         """Calls whose carrier hang-up is still owed (``metadata.hangup_owed`` true; the manager
         marks ended calls only), oldest first."""
