@@ -472,7 +472,9 @@ async def test_a_malformed_upgrade_gets_an_http_error(nursery: trio.Nursery) -> 
         while data := await stream.receive_some(4096):
             answer += data
     assert answer.startswith(b"HTTP/1.1 400 Bad Request\r\n")
-    assert answer.endswith(b"\r\n\r\nmissing Upgrade: websocket\n")
+    assert answer.endswith(
+        b'\r\n\r\n{"error":{"code":"bad_request","message":"missing Upgrade: websocket"}}'
+    )
 
 
 async def test_a_protocol_error_closes_with_1002(nursery: trio.Nursery) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 
 import h11
+import orjson
 import pytest
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, RejectConnection, Request
@@ -199,9 +200,13 @@ def test_error_responses_are_valid_http(status: int, headers: tuple[tuple[str, s
     assert all(
         (name.lower().encode(), value.encode()) in response.headers for name, value in headers
     )
+    assert (b"content-type", b"application/json") in response.headers
     body = client.next_event()
     assert isinstance(body, h11.Data)
-    assert body.data == b"no such stream\n"
+    code = {400: "bad_request", 403: "forbidden", 404: "not_found", 503: "service_unavailable"}
+    assert orjson.loads(body.data) == {
+        "error": {"code": code.get(status, "upgrade_required"), "message": "no such stream"}
+    }
 
 
 def test_client_request_refuses_header_injection() -> None:

@@ -30,6 +30,7 @@ import os
 from collections.abc import Sequence
 
 import attrs
+import orjson
 
 __all__ = [
     "MAX_HEADERS",
@@ -150,11 +151,14 @@ def accept_response(request: UpgradeRequest) -> bytes:
 
 
 def error_response(status: int, message: str = "", headers: Headers = ()) -> bytes:
-    """A plain HTTP answer refusing the upgrade; ``message`` is the short text body."""
-    body = (message or http.HTTPStatus(status).phrase).encode() + b"\n"
+    """An HTTP answer refusing the upgrade, in the error shape of every other route (SPEC §5:
+    ``{"error": {"code", "message"}}``; the code is the status's phrase, ``not_found``)."""
+    phrase = http.HTTPStatus(status).phrase
+    code = phrase.lower().replace(" ", "_").replace("-", "_")
+    body = orjson.dumps({"error": {"code": code, "message": message or phrase}})
     lines = [
-        f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}",
-        "Content-Type: text/plain; charset=utf-8",
+        f"HTTP/1.1 {status} {phrase}",
+        "Content-Type: application/json",
         f"Content-Length: {len(body)}",
         "Connection: close",
         *(f"{name}: {value}" for name, value in headers),
