@@ -4,6 +4,7 @@ API client are not fooled by an autojump clock; free_port gives ports a daemon c
 
 from __future__ import annotations
 
+import itertools
 import random
 import time
 from pathlib import Path
@@ -18,7 +19,7 @@ from voicecalld.config import Config
 from voicecalld.listeners import bind_tcp
 from voicecalld.runtime import Faults
 from voicecalld.supervisor import Backoff
-from voicecalld.testing import DaemonNotReady, free_port, make_config, running
+from voicecalld.testing import DaemonNotReady, _port_share, free_port, make_config, running
 
 
 async def start(config: Config, faults: Faults | None = None) -> None:
@@ -132,3 +133,16 @@ def test_free_ports_do_not_follow_the_seeded_random_module() -> None:
     finally:
         random.setstate(state)
     assert len(drawn) > 1
+
+
+def test_each_xdist_worker_draws_ports_from_its_own_share() -> None:
+    # a daemon backing off lets its port go; another worker's daemon once took it meanwhile
+    shares = [
+        _port_share(
+            10_000, 32_768, {"PYTEST_XDIST_WORKER": f"gw{i}", "PYTEST_XDIST_WORKER_COUNT": "3"}
+        )
+        for i in range(3)
+    ]
+    assert shares[0][0] == 10_000 and shares[2][1] <= 32_768
+    assert all(a[1] <= b[0] for a, b in itertools.pairwise(shares)), shares
+    assert _port_share(10_000, 32_768, {}) == (10_000, 32_768)

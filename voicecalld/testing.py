@@ -26,6 +26,7 @@ simulator (:mod:`voicecalld.sim`), so tests place and receive calls as the carri
 
 from __future__ import annotations
 
+import os
 import random
 import socket
 import threading
@@ -414,11 +415,13 @@ def free_port() -> int:
     Drawn from the system's randomness, not :mod:`random`'s, which Hypothesis seeds the same
     for every example: every test process would try the same ports in the same order. Tried
     without ``SO_REUSEADDR``, so a port with old connections in TIME_WAIT is passed over: what
-    it gives, any socket can bind.
+    it gives, any socket can bind. Under pytest-xdist each worker draws from its own share of
+    the range: a test whose daemon lets its port go while it backs off must not find another
+    worker's daemon there when it retries.
     """
-    low = _ephemeral_low()
+    start, stop = _port_share(10_000, _ephemeral_low(), os.environ)
     for _ in range(100):
-        port = _PORTS.randrange(10_000, low) if low > 10_001 else 0
+        port = _PORTS.randrange(start, stop) if stop > start + 1 else 0
         with socket.socket() as sock:
             try:
                 sock.bind(("127.0.0.1", port))
@@ -427,6 +430,18 @@ def free_port() -> int:
             found: int = sock.getsockname()[1]
             return found
     raise RuntimeError("no free port on 127.0.0.1")
+
+
+def _port_share(low: int, high: int, environ: Mapping[str, str]) -> tuple[int, int]:
+    """This pytest-xdist worker's share of ports ``[low, high)``: all of it outside xdist."""
+    worker = environ.get("PYTEST_XDIST_WORKER", "")
+    count = environ.get("PYTEST_XDIST_WORKER_COUNT", "")
+    index = worker.removeprefix("gw")
+    if not (index.isascii() and index.isdigit() and count.isascii() and count.isdigit()):
+        return low, high
+    width = (high - low) // max(1, int(count))
+    start = low + min(int(index), int(count) - 1) * width
+    return start, start + width
 
 
 def _ephemeral_low() -> int:
