@@ -248,13 +248,10 @@ class CallManager:
         if answered is None and current.answered_at is None:
             # the carrier cannot say whether it was answered (Telnyx): our ring timer could end
             # as `timeout` a conversation that began while voicecalld was down. The carrier's
-            # own ring timeout, given at the dial, ends it if nobody answers; max duration,
-            # from its creation, bounds it either way.
-            limit = self.config.calls.max_duration
-            left = limit - (self.now() - current.created_at).total_seconds()
-            self.timers.arm(call_id, TimerKind.MAX_DURATION, trio.current_time() + max(0.0, left))
-        else:
-            self.arm_lifetime(current)
+            # own ring timeout, given at the dial, ends it if nobody answers; the max-duration
+            # backstop the reconciler armed before asking (from its creation) bounds it.
+            return
+        self.arm_lifetime(current)
 
     # -- placing and ending --------------------------------------------------------------------
 
