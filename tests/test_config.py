@@ -155,15 +155,20 @@ def test_check_config_masks_secrets(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert configuration.load(reprinted).server.public_url == "https://voice.example.com"
 
 
-def test_console_script_exit_codes(tmp_path: Path) -> None:
-    bad = tmp_path / "bad.toml"
-    bad.write_text('[server]\nport = "80"\n')
-    result = subprocess.run(
-        [sys.executable, "-m", "voicecalld", "check-config", "-c", str(bad)],
+def check_config(path: Path) -> subprocess.CompletedProcess[str]:
+    """``voicecalld check-config -c path`` as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "voicecalld", "check-config", "-c", str(path)],
         capture_output=True,
         text=True,
         check=False,
     )
+
+
+def test_console_script_exit_codes(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[server]\nport = "80"\n')
+    result = check_config(bad)
     assert result.returncode == 78
     assert "server.port" in result.stderr
     usage = subprocess.run(
@@ -250,12 +255,7 @@ def test_a_config_file_not_in_utf8_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         configuration.load(path, environ={})
     assert caught.value.problems == [f"<file>: {path} is not valid UTF-8 (at byte offset 17)"]
-    result = subprocess.run(
-        [sys.executable, "-m", "voicecalld", "check-config", "-c", str(path)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    result = check_config(path)
     assert result.returncode == 78
     assert f"{path} is not valid UTF-8" in result.stderr
     assert "Traceback" not in result.stderr
